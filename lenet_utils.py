@@ -506,11 +506,11 @@ CORRUPTIONS: dict[str, tuple[Callable[[Tensor, float, torch.Generator], Tensor],
     "shot_noise": (_shot_noise, 10.0, "photons at white (Poisson); lower is noisier"),
     "impulse_noise": (_impulse_noise, 0.15, "fraction of pixels set to 0 or 1; identity at 0"),
     "gaussian_blur": (_gaussian_blur, 1.5, "blur sigma in pixels; identity at 0"),
-    "motion_blur": (_motion_blur, 8.0, "blur length in pixels, random direction; identity at 0"),
+    "motion_blur": (_motion_blur, 6.0, "blur length in pixels, random direction; identity at 0"),
     "rotate": (_rotate, 30.0, "degrees, random sign; identity at 0"),
     "shear": (_shear, 0.5, "horizontal shear factor, random sign; identity at 0"),
     "scale": (_scale, 0.5, "zoom by 1 + s, in or out at random; identity at 0"),
-    "translate": (_translate, 5.0, "shift in pixels, random direction; identity at 0"),
+    "translate": (_translate, 3.0, "shift in pixels, random direction; identity at 0"),
     "brightness": (_brightness, 0.4, "added to every pixel; identity at 0"),
     "contrast": (_contrast, 0.7, "fraction of contrast removed; identity at 0"),
     "stripe": (_stripe, 4.0, "width in pixels of an inverted vertical band; identity at 0"),
@@ -676,3 +676,75 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module,
         except (ValueError, KeyError, RuntimeError) as err:
             raise ValueError(f"{path}: optimizer state does not match the optimizer: {err}") from err
     return checkpoint
+
+
+# ----------------------------------------------------------------------------- tables and figures
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 2) -> str:
+    """A Markdown table (floats rounded to ``digits``); show it with ``IPython.display.Markdown``."""
+    cell = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def confusion_matrix(predicted: Tensor, labels: Tensor, num_classes: int = 10) -> Tensor:
+    """Counts (num_classes x num_classes), rows = true label, columns = prediction."""
+    flat = labels.long() * num_classes + predicted.long()
+    return torch.bincount(flat.cpu(), minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def show_digits(images: Tensor, titles: Sequence[str], ncols: int = 12, title: str | None = None,
+                vmin: float = 0.0, vmax: float = 1.0):
+    """A grid of digits on one grey scale [vmin, vmax], each with its title; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    nrows = max(1, math.ceil(len(images) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.1 * ncols, 1.3 * nrows + (0.4 if title else 0)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, text in zip(axes.flat, images.detach().float().cpu(), titles):
+        ax.imshow(image.squeeze(0), cmap="gray", vmin=vmin, vmax=vmax)
+        ax.set_title(text, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: Sequence[dict]):
+    """Loss, accuracy (train and, when present, validation) and learning rate per epoch."""
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for ax, metric in zip(axes, ("loss", "acc")):
+        for split in ("train", "val"):
+            if f"{split}_{metric}" in history[0]:
+                ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], label=split)
+        ax.set(xlabel="epoch", ylabel="accuracy (%)" if metric == "acc" else "loss",
+               title="accuracy" if metric == "acc" else "loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    axes[2].plot(epochs, [row["lr"] for row in history])
+    axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning rate", yscale="log")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrix(matrix: Tensor, title: str = "confusion matrix"):
+    """Heat map of a :func:`confusion_matrix`, counts written in the cells."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    image = ax.imshow(matrix.log1p(), cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix.numpy()):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                color="white" if image.norm(math.log1p(count)) > 0.6 else "black")
+    ax.set(xticks=range(len(matrix)), yticks=range(len(matrix)), xlabel="predicted", ylabel="true",
+           title=title)
+    fig.tight_layout()
+    return fig
