@@ -135,7 +135,8 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> None:
         """Both steps. ``closure`` runs a full forward-backward pass; it is called once at
-        w + e(w), and first at w too when no gradient has been computed yet."""
+        w + e(w), and first at w too when no gradient has been computed yet. Gradients are
+        cleared afterwards, so the next ``step(closure)`` starts from a fresh gradient at w."""
         if closure is None:
             raise ValueError("SAM.step() needs a closure that runs forward and backward; "
                              "or call first_step() and second_step() yourself")
@@ -144,12 +145,14 @@ class SAM(torch.optim.Optimizer):
             closure()
         self.first_step(zero_grad=True)
         closure()
-        self.second_step()
+        self.second_step(zero_grad=True)
 
     def _grad_norm(self) -> Tensor:
         norms = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             grads = [p.grad for p in params]
             if group["adaptive"]:
                 grads = torch._foreach_mul(grads, torch._foreach_abs(params))
@@ -169,16 +172,20 @@ class SAM(torch.optim.Optimizer):
 
 @contextlib.contextmanager
 def frozen_batchnorm_stats(model: nn.Module) -> Iterator[None]:
-    """Keep BatchNorm running statistics unchanged inside the block (use for SAM's second pass)."""
+    """Keep BatchNorm running statistics (and ``num_batches_tracked``, which drives the
+    ``momentum=None`` cumulative average) unchanged inside the block (use for SAM's second pass)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
+    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in norms]
     for m in norms:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, momentum, count in zip(norms, momenta, counts):
             m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 # ----------------------------------------------------------------------------- data
@@ -541,8 +548,10 @@ def corrupt(images: Tensor, name: str, severity: float | None = None, seed: int 
 def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor,
                          names: Sequence[str] | None = None, seed: int = 0) -> dict[str, float]:
     """Accuracy (%) under each corruption at its default severity, plus their ``"mean"``."""
-    results = {name: accuracy(model, corrupt(images, name, seed=seed), labels)
-               for name in (names or CORRUPTIONS)}
+    names = list(CORRUPTIONS) if names is None else list(names)
+    if not names:
+        raise ValueError("names is empty; pass None for the whole suite")
+    results = {name: accuracy(model, corrupt(images, name, seed=seed), labels) for name in names}
     results["mean"] = sum(results.values()) / len(results)
     return results
 
@@ -571,6 +580,8 @@ def hessian_max_eigenvalue(model: nn.Module, images: Tensor, labels: Tensor, *,
     Returns (eigenvalue, the estimate after each iteration); stops when two successive estimates
     differ by less than ``tol`` relative, or after ``iters``.
     """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
     loss, params = _functional_loss(model, images, labels, loss_fn)
     generator = torch.Generator().manual_seed(seed)
     v = {k: torch.randn(p.shape, generator=generator).to(p) for k, p in params.items()}

@@ -1,0 +1,50 @@
+"""Both notebooks, executed top to bottom in a fresh kernel in quick mode on real MNIST,
+and the committed copies checked for being fully executed."""
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["LeNet-5.ipynb", "LeNet-5_sam_optim.ipynb"]  # baseline first: the SAM notebook compares against it
+MNIST_RAW = Path(os.environ.get("MNIST_ROOT", ROOT / "data")) / "MNIST" / "raw"
+needs_mnist = pytest.mark.skipif(not (MNIST_RAW / "t10k-images-idx3-ubyte").is_file(),
+                                 reason=f"real MNIST not found in {MNIST_RAW} (set MNIST_ROOT)")
+
+
+def figures(nb) -> int:
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.outputs)
+
+
+@needs_mnist
+def test_notebooks_run_in_quick_mode(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENET_QUICK", "1")
+    monkeypatch.setenv("LENET_OUTPUT_DIR", str(tmp_path))
+    committed = {p: p.stat().st_mtime_ns for p in ROOT.glob("[cr]*/*") if p.suffix in (".pt", ".json")}
+    executed = {}
+    for name in NOTEBOOKS:
+        nb = nbformat.read(ROOT / name, as_version=4)
+        NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+        executed[name] = nb
+        assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert figures(nb) >= 8, f"{name} produced only {figures(nb)} figures"
+    for path in ["checkpoints/lenet5_baseline.pt", "checkpoints/lenet5_sam.pt", "results/baseline.json", "results/sam.json"]:
+        assert (tmp_path / path).is_file(), path
+    sam_text = "".join(str(o) for c in executed["LeNet-5_sam_optim.ipynb"].cells for o in c.get("outputs", []))
+    assert "run LeNet-5.ipynb first" not in sam_text  # the baseline was found: the comparison ran
+    assert "largest Hessian eigenvalue" in sam_text
+    assert committed == {p: p.stat().st_mtime_ns for p in committed}, "quick mode touched committed results"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_fully_executed(name):
+    nb = nbformat.read(ROOT / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "run it top to bottom in a fresh kernel"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert figures(nb) >= 8
+    assert "quick mode: False" in "".join(str(o) for o in code[0].outputs), "commit the outputs of a full run"

@@ -1,0 +1,263 @@
+"""train() and random_gaussian_noise on tiny data (a linear model keeps the CPU time small)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lenet_utils import SAM, LeNet5, evaluate, minibatch_indices, random_gaussian_noise, train
+
+
+def linear_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+
+
+def state(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(state(a), state(b)))
+
+
+def without_seconds(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+# ----------------------------------------------------------------------------- determinism, learning
+
+
+def test_train_is_deterministic(tiny_digits):
+    images, labels = tiny_digits
+    runs = []
+    for seed in (3, 3, 4):
+        model = linear_model()
+        opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+        history = train(model, opt, images, labels, epochs=2, batch_size=40, val_data=(images[:20], labels[:20]),
+                        batch_transform=random_gaussian_noise, seed=seed, progress=False)
+        runs.append((model, history))
+    (m1, h1), (m2, h2), (m3, h3) = runs
+    assert without_seconds(h1) == without_seconds(h2)
+    assert same_weights(m1, m2)
+    assert not same_weights(m1, m3)  # another seed shuffles (and perturbs) differently
+
+
+def test_train_lenet5_with_sam_is_deterministic(tiny_digits):
+    images, labels = tiny_digits[0][:8], tiny_digits[1][:8]
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = LeNet5()
+        train(model, SAM(model.parameters(), torch.optim.SGD, lr=0.05, momentum=0.9), images, labels,
+              epochs=1, batch_size=8, seed=1, progress=False)  # one SAM step
+        models.append(model)
+    assert same_weights(*models)
+    torch.manual_seed(0)
+    assert not same_weights(models[0], LeNet5())  # and it did train
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda params: torch.optim.SGD(params, lr=0.5, momentum=0.5),
+    lambda params: torch.optim.Adam(params, lr=0.02),
+    lambda params: SAM(params, torch.optim.SGD, rho=0.05, lr=0.5, momentum=0.5),
+    lambda params: SAM(params, torch.optim.Adam, rho=0.5, adaptive=True, lr=0.02),
+], ids=["SGD", "Adam", "SAM-SGD", "ASAM-Adam"])
+def test_loss_decreases_on_separable_problem(tiny_digits, make_optimizer):
+    images, labels = tiny_digits
+    model = linear_model()
+    history = train(model, make_optimizer(model.parameters()), images, labels, epochs=3, batch_size=40,
+                    progress=False)
+    losses = [row["train_loss"] for row in history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < losses[-2]
+    assert history[-1]["train_acc"] >= 90
+    assert evaluate(model, images, labels)[1] == 100
+
+
+@pytest.mark.parametrize("use_sam", [False, True])
+def test_train_matches_manual_loop(tiny_digits, use_sam):
+    """One epoch of train() is exactly: shuffle with a generator seeded with ``seed``, then per
+    batch one optimizer step (SAM: first_step / second pass / second_step)."""
+    images, labels = tiny_digits
+    models, optimizers = [], []
+    for _ in range(2):
+        model = linear_model()
+        opt = (SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.2, momentum=0.9) if use_sam
+               else torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9))
+        models.append(model)
+        optimizers.append(opt)
+    train(models[0], optimizers[0], images, labels, epochs=1, batch_size=32, seed=5, progress=False)
+
+    model, opt = models[1], optimizers[1]
+    for idx in minibatch_indices(len(images), 32, torch.Generator().manual_seed(5)):
+        x, y = images[idx], labels[idx]
+        F.cross_entropy(model(x), y).backward()
+        if use_sam:
+            opt.first_step(zero_grad=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.second_step(zero_grad=True)
+        else:
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(state(models[0]), state(model)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("use_sam, passes_per_step", [(False, 1), (True, 2)])
+def test_forward_passes_per_step(tiny_digits, use_sam, passes_per_step):
+    images, labels = tiny_digits
+    model = linear_model()
+    opt = (SAM(model.parameters(), torch.optim.SGD, lr=0.1) if use_sam
+           else torch.optim.SGD(model.parameters(), lr=0.1))
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    train(model, opt, images, labels, epochs=1, batch_size=32,
+          batch_transform=random_gaussian_noise, progress=False)
+    assert len(seen) == 3 * passes_per_step  # 80 images in batches of 32
+    if use_sam:  # both passes of a step see the same (transformed) batch
+        assert all(torch.equal(seen[i], seen[i + 1]) for i in range(0, len(seen), 2))
+
+
+# ----------------------------------------------------------------------------- history and schedule
+
+
+@pytest.mark.parametrize("with_val", [False, True])
+def test_history_rows(tiny_digits, with_val):
+    images, labels = tiny_digits
+    model = linear_model()
+    val = (images[::4], labels[::4])
+    history = train(model, torch.optim.SGD(model.parameters(), lr=0.3), images, labels, epochs=2,
+                    batch_size=40, val_data=val if with_val else None, progress=False)
+    keys = {"epoch", "lr", "train_loss", "train_acc", "seconds"} | ({"val_loss", "val_acc"} if with_val else set())
+    assert [set(row) for row in history] == [keys, keys]
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert all(row["seconds"] > 0 and row["lr"] == 0.3 for row in history)
+    assert all(0 <= row["train_acc"] <= 100 and row["train_loss"] > 0 for row in history)
+    if with_val:
+        assert (history[-1]["val_loss"], history[-1]["val_acc"]) == evaluate(model, *val)
+
+
+def test_lr_schedule_milestones(tiny_digits):
+    images, labels = tiny_digits[0][:8], tiny_digits[1][:8]
+    model = linear_model()
+    opt = SAM([{"params": [model[1].weight], "lr": 0.1}, {"params": [model[1].bias], "lr": 0.5}],
+              torch.optim.SGD, lr=0.1)
+    used = []  # the lr the base optimizer actually has while each batch is processed
+
+    def record(x, generator):
+        used.append([group["lr"] for group in opt.base_optimizer.param_groups])
+        return x
+
+    history = train(model, opt, images, labels, epochs=10, batch_size=8, lr_milestones=(0.3, 0.6, 0.8),
+                    lr_gamma=0.2, batch_transform=record, progress=False)
+    factors = [1, 1, 1, 0.2, 0.2, 0.2, 0.04, 0.04, 0.008, 0.008]
+    assert [row["lr"] for row in history] == pytest.approx([0.1 * f for f in factors], rel=1e-12)
+    assert used == [pytest.approx([0.1 * f, 0.5 * f], rel=1e-12) for f in factors]
+
+
+def test_no_milestones_keeps_lr(tiny_digits):
+    images, labels = tiny_digits[0][:8], tiny_digits[1][:8]
+    model = linear_model()
+    history = train(model, torch.optim.SGD(model.parameters(), lr=0.05), images, labels, epochs=3,
+                    batch_size=8, progress=False)
+    assert [row["lr"] for row in history] == [0.05] * 3
+
+
+# ----------------------------------------------------------------------------- loss reporting
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_reported_loss_is_per_sample_mean_for_both_reductions(tiny_digits, label_smoothing):
+    images, labels = tiny_digits
+    model = linear_model()
+    before = state(model)
+    with torch.no_grad():
+        logits = model(images)
+        expected_loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing).item()
+        expected_acc = 100 * (logits.argmax(1) == labels).float().mean().item()
+    rows = {}
+    for reduction in ("mean", "sum"):
+        # lr 0: the weights stay put, so the report is the loss of the initial model
+        rows[reduction] = train(model, torch.optim.SGD(model.parameters(), lr=0.0), images, labels, epochs=1,
+                                batch_size=24, reduction=reduction, label_smoothing=label_smoothing,
+                                progress=False)[0]
+    assert all(torch.equal(a, b) for a, b in zip(state(model), before))
+    for row in rows.values():
+        assert row["train_loss"] == pytest.approx(expected_loss, rel=1e-5)
+        assert row["train_acc"] == pytest.approx(expected_acc)
+
+
+def test_reduction_sum_scales_the_gradient(tiny_digits):
+    """One full-batch SGD step with reduction='sum' at lr equals reduction='mean' at lr * n."""
+    images, labels = tiny_digits
+    n = len(images)
+    summed, averaged = linear_model(), linear_model()
+    train(summed, torch.optim.SGD(summed.parameters(), lr=1e-3), images, labels, epochs=1, batch_size=n,
+          reduction="sum", progress=False)
+    train(averaged, torch.optim.SGD(averaged.parameters(), lr=1e-3 * n), images, labels, epochs=1,
+          batch_size=n, reduction="mean", progress=False)
+    for a, b in zip(state(summed), state(averaged)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert not same_weights(summed, linear_model())
+
+
+# ----------------------------------------------------------------------------- arguments, transforms
+
+
+@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(epochs=-1), dict(batch_size=0),
+                                    dict(reduction="max"), dict(reduction="none")])
+def test_bad_arguments_raise_before_training(tiny_digits, kwargs):
+    images, labels = tiny_digits
+    model = linear_model()
+    before = state(model)
+    arguments = dict(epochs=1, batch_size=16, progress=False) | kwargs
+    with pytest.raises(ValueError):
+        train(model, torch.optim.SGD(model.parameters(), lr=0.1), images, labels, **arguments)
+    assert all(torch.equal(a, b) for a, b in zip(state(model), before))
+
+
+def test_batch_transform_feeds_the_model(tiny_digits):
+    images, labels = tiny_digits
+    model = linear_model()
+    calls, seen = [], []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+
+    def transform(x, generator):
+        assert isinstance(generator, torch.Generator)
+        calls.append(len(x))
+        return torch.full_like(x, 0.5)
+
+    train(model, torch.optim.SGD(model.parameters(), lr=0.1), images, labels, epochs=2, batch_size=32,
+          batch_transform=transform, progress=False)
+    assert calls == [32, 32, 16] * 2
+    assert len(seen) == 6 and all((x == 0.5).all() for x in seen)
+
+
+def test_random_gaussian_noise_transform_changes_training(tiny_digits):
+    images, labels = tiny_digits
+    plain, noisy = linear_model(), linear_model()
+    for model, transform in ((plain, None), (noisy, random_gaussian_noise)):
+        train(model, torch.optim.SGD(model.parameters(), lr=0.1), images, labels, epochs=1, batch_size=40,
+              batch_transform=transform, progress=False)
+    assert not same_weights(plain, noisy)
+
+
+def test_random_gaussian_noise():
+    images = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    rng_state = torch.get_rng_state()
+    a = random_gaussian_noise(images, torch.Generator().manual_seed(1), max_sigma=0.6)
+    b = random_gaussian_noise(images, torch.Generator().manual_seed(1), max_sigma=0.6)
+    c = random_gaussian_noise(images, torch.Generator().manual_seed(2), max_sigma=0.6)
+    assert torch.equal(torch.get_rng_state(), rng_state)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == images.shape and a.dtype == images.dtype
+    noise = a - images
+    assert 0 < noise.std().item() < 0.6 * 1.05
+    # one sigma per batch: the noise of every image has about the same spread
+    per_image = noise.flatten(1).std(1)
+    assert per_image.max() / per_image.min() < 1.5
+    generator = torch.Generator().manual_seed(1)
+    assert torch.equal(random_gaussian_noise(images, generator, max_sigma=0.0), images)
