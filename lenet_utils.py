@@ -491,7 +491,7 @@ def _draw_polylines(images: Tensor, count: float, generator: torch.Generator, co
     """Draw ``count`` random polylines of ``corners`` points per image, in white."""
     n, size = len(images), images.shape[-1]
     out = images.clone().view(n, -1)
-    steps = torch.linspace(0, 1, 2 * size, device=images.device)[:: 3 if dotted else 1]
+    steps = torch.linspace(0, 1, 2 * size, device=images.device)[:: 6 if dotted else 1]
     for _ in range(int(count)):
         points = torch.rand(n, corners, 2, generator=generator, device=images.device) * (size - 1)
         start, end = points[:, :-1, None, :], points[:, 1:, None, :]
