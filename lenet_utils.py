@@ -166,6 +166,8 @@ class SAM(torch.optim.Optimizer):
         return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if not all({"rho", "adaptive"} <= group.keys() for group in state_dict.get("param_groups", [{}])):
+            raise ValueError("not a SAM state_dict: its param groups lack 'rho'/'adaptive'")
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
 
@@ -357,7 +359,8 @@ def _check_sigma(sigma: float) -> None:
 
 def add_gaussian_noise(images: Tensor, sigma: float, seed: int = 0, clip: bool = False) -> Tensor:
     """``images + sigma * n`` with independent n ~ N(0, 1) per pixel and image, from a generator
-    seeded with ``seed`` (the global RNG is untouched); ``clip`` clamps to [0, 1]."""
+    seeded with ``seed`` (the global RNG is untouched); ``clip`` clamps to [0, 1].
+    ``sigma=0`` returns ``images`` itself."""
     _check_sigma(sigma)
     if sigma == 0:
         return images

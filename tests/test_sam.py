@@ -412,3 +412,11 @@ def test_frozen_batchnorm_stats_without_batchnorm_is_harmless():
     with frozen_batchnorm_stats(model):
         model(torch.randn(2, 3))
     assert_bitwise_equal(weights(model.parameters()), w)
+
+
+def test_load_state_dict_of_a_plain_optimizer_is_refused():
+    model = nn.Linear(3, 2)
+    plain = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sam = SAM(model.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="not a SAM state_dict"):
+        sam.load_state_dict(plain.state_dict())
