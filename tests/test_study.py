@@ -35,7 +35,7 @@ summarize_study = load_script("summarize_study")
 def script(name: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "MNIST_ROOT": str(MNIST_ROOT)}
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
