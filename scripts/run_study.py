@@ -67,6 +67,7 @@ CONFIGS: dict[str, dict] = {
     "adam-sam": {**ADAM, "sam": {"rho": 0.05, "adaptive": False}},
 }
 SPLIT_SEED = 42
+LENET_UTILS_SHA256 = hashlib.sha256(Path(L.__file__).read_bytes()).hexdigest()  # the code this run imported
 FULL = dict(epochs=None, n_train=None, n_val=None, n_test=None, n_sharpness=2048, hessian_iters=100)
 QUICK = dict(epochs=2, n_train=2000, n_val=1000, n_test=1000, n_sharpness=128, hessian_iters=3)
 HESSIAN_TOL = 1e-3
@@ -171,7 +172,7 @@ def run_one(name: str, seed: int, data: dict, device: torch.device, size: dict, 
                           hyperparameters=hp)
     return {"config": name, "seed": seed, "hyperparameters": hp, "split_seed": SPLIT_SEED,
             "corruption_severities": {c: severity for c, (_, severity, _) in L.CORRUPTIONS.items()},
-            "lenet_utils_sha256": hashlib.sha256(Path(L.__file__).read_bytes()).hexdigest(),
+            "lenet_utils_sha256": LENET_UTILS_SHA256,
             "quick": args.quick, "sizes": {"train": len(images), "val": len(val[0]) if val else 0,
                                            "test": len(data["test"][0])},
             "history": history, "metrics": metrics,
