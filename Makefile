@@ -9,7 +9,7 @@ export MNIST_ROOT ?= $(if $(wildcard ../shared/mnist/MNIST/raw),$(abspath ../sha
 
 NOTEBOOKS := LeNet-5.ipynb LeNet-5_sam_optim.ipynb
 
-.PHONY: run test benchmark study clean
+.PHONY: run test clean
 
 $(VENV)/installed: requirements.txt
 	python3 -m venv $(VENV)
