@@ -37,3 +37,19 @@ def tiny_digits():
     for i, label in enumerate(labels.tolist()):
         images[i, 0, 2 + 2 * label: 4 + 2 * label] += 0.8
     return images.clamp(0, 1), labels
+
+
+def reference_step(model, optimizer, x, y) -> None:
+    """One training step written out by hand: plain optimizers step once, SAM takes its two passes."""
+    import torch.nn.functional as F
+
+    from lenet_utils import SAM
+
+    F.cross_entropy(model(x), y).backward()
+    if isinstance(optimizer, SAM):
+        optimizer.first_step(zero_grad=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.second_step(zero_grad=True)
+    else:
+        optimizer.step()
+        optimizer.zero_grad()

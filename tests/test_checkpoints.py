@@ -4,10 +4,10 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import lenet_utils
+from conftest import reference_step
 from lenet_utils import SAM, LeNet5, load_checkpoint, save_checkpoint
 
 
@@ -22,14 +22,7 @@ def trained(make_optimizer, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     x, y = torch.randn(8, 4, generator=generator), torch.randint(0, 3, (8,), generator=generator)
     for _ in range(2):
-        F.cross_entropy(model(x), y).backward()
-        if isinstance(opt, SAM):
-            opt.first_step(zero_grad=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.second_step(zero_grad=True)
-        else:
-            opt.step()
-            opt.zero_grad()
+        reference_step(model, opt, x, y)
     return model, opt
 
 

@@ -1,12 +1,12 @@
 """train() and random_gaussian_noise on tiny data (a linear model keeps the CPU time small)."""
 
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import reference_step
 from lenet_utils import SAM, LeNet5, evaluate, minibatch_indices, random_gaussian_noise, train
 
 
@@ -93,15 +93,7 @@ def test_train_matches_manual_loop(tiny_digits, use_sam):
 
     model, opt = models[1], optimizers[1]
     for idx in minibatch_indices(len(images), 32, torch.Generator().manual_seed(5)):
-        x, y = images[idx], labels[idx]
-        F.cross_entropy(model(x), y).backward()
-        if use_sam:
-            opt.first_step(zero_grad=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.second_step(zero_grad=True)
-        else:
-            opt.step()
-            opt.zero_grad()
+        reference_step(model, opt, images[idx], labels[idx])
     for a, b in zip(state(models[0]), state(model)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
