@@ -4,7 +4,9 @@ Reads ``{study_dir}/*.json`` (written by run_study.py; any subset of configurati
 writes ``{out_dir}/study_summary.csv`` and ``.json`` and the figures ``study_noise_curves.png``,
 ``study_corruptions.png``, ``study_sharpness_vs_robustness.png`` and ``study_loss_directions.png``.
 ``--corruption-examples`` also draws ``corruption_examples.png`` (every corruption on 6 test
-digits; needs only MNIST, no runs).
+digits; needs only MNIST, no runs). ``--readme README.md`` rewrites the part of that file between
+the markers ``<!-- study-results:begin -->`` and ``<!-- study-results:end -->`` with the Markdown
+tables of this summary, so the README's numbers are the ones this script computed.
 
 Statistics: n, mean, sample std (ddof=1) and the 95 % confidence interval of the mean,
 mean +- t_{0.975, n-1} std / sqrt(n). Paired differences (a - b over the seeds both have) get
@@ -40,6 +42,10 @@ T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622,
         2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739,
         2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
 NAN = float("nan")
+README_BEGIN, README_END = "<!-- study-results:begin -->", "<!-- study-results:end -->"
+REPORT_COLUMNS = {"clean": "clean", "normalized_clean": "normalized, no noise", "seed_0.6": "seed σ=0.6",
+                  "pixel_0.6": "pixel σ=0.6", "pixel_clip_0.6": "pixel σ=0.6, clipped",
+                  "corruption_mean": "corruptions (mean)", "hessian_eigenvalue": "λ_max (Hessian)"}
 NOTE = ("mean, std (ddof=1) and 95 % t confidence interval of the mean over seeds; paired: of the "
         "per-seed differences config - reference over the seeds both have. n = 1: std and CI undefined "
         "(null). Accuracies in %; hessian_eigenvalue: largest Hessian eigenvalue of the mean training "
@@ -158,6 +164,60 @@ def print_table(rows: list[dict]) -> None:
                 print(f"{name:<20}{cells['n']:>2}" + "".join(f"{cells.get(m, '-'):>{width[m]}}" for m in HEADLINE))
     print("\nmean ± 95 % CI half-width (t, ddof=1); a bare mean where n = 1 (CI undefined). Accuracies "
           "in %; hessian_eigenvalue of the mean training cross-entropy; perturbation_norm ||e(w)||_2.")
+
+
+def markdown_report(rows: list[dict], runs: dict[str, dict[int, dict]]) -> str:
+    """Markdown: which runs finished, the headline metrics per configuration and per pair
+    (mean [95 % CI]), and the paired differences under each corruption."""
+    stats: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in rows:
+        name = r["config"] + (f" - {r['reference']}" if r["kind"] == "paired" else "")
+        stats.setdefault((r["kind"], name), {})[r["metric"]] = r
+
+    def cell(r: dict | None, signed: bool) -> str:
+        if r is None:
+            return "-"
+        spec = ("+" if signed else "") + (".3f" if r["metric"] == "hessian_eigenvalue" else ".2f")
+        ci = "" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:{spec}}, {r['ci_high']:{spec}}]"
+        return f"{r['mean']:{spec}}{ci}"
+
+    def table(first: str, names: list[str], kind: str, metrics: dict[str, str]) -> list[str]:
+        lines = [f"| {first} | n | " + " | ".join(metrics.values()) + " |", "|" + " --- |" * (len(metrics) + 2)]
+        for name in names:
+            by_metric = stats[(kind, name)]
+            lines.append(f"| {name} | {by_metric['clean']['n']} | "
+                         + " | ".join(cell(by_metric.get(m), kind == "paired") for m in metrics) + " |")
+        return lines
+
+    finished = "; ".join(f"{c}: seed{'s' if len(s) > 1 else ''} {' '.join(map(str, s))}" for c, s in runs.items())
+    missing = [c for c in ORDER if c not in runs]
+    lines = [f"Finished runs ({sum(map(len, runs.values()))}): {finished}."
+             + (f" No runs yet: {', '.join(missing)}." if missing else ""), ""]
+    lines += table("configuration", list(runs), "config", REPORT_COLUMNS) + [""]
+    pairs = [name for kind, name in stats if kind == "paired"]
+    if pairs:
+        lines += table("paired difference", pairs, "paired", REPORT_COLUMNS) + [""]
+        corruptions = [m for m in stats[("paired", pairs[0])]
+                       if m.startswith("corruption_") and m != "corruption_mean"]
+        lines += ["| corruption | " + " | ".join(f"{p} (n={stats[('paired', p)]['clean']['n']})" for p in pairs)
+                  + " |", "|" + " --- |" * (len(pairs) + 1)]
+        lines += [f"| {m.removeprefix('corruption_').replace('_', ' ')} | "
+                  + " | ".join(cell(stats[("paired", p)].get(m), True) for p in pairs) + " |" for m in corruptions]
+        lines.append("")
+    lines.append("Accuracies in %, mean over seeds with the 95 % t confidence interval in brackets (none where "
+                 "n = 1); paired rows are the per-seed differences over the seeds both configurations have. "
+                 "Written by `scripts/summarize_study.py --readme README.md` from `results/study/*.json`.")
+    return "\n".join(lines)
+
+
+def splice_into_readme(path: Path, report: str) -> None:
+    """Replace the text between README_BEGIN and README_END in ``path`` with ``report``."""
+    text = path.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin or text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise ValueError(f"{path} needs exactly one line {README_BEGIN!r} followed later by exactly one "
+                         f"line {README_END!r}; the summary goes between them")
+    path.write_text(text[:begin + len(README_BEGIN)] + "\n\n" + report + "\n\n" + text[end:])
 
 
 def save(fig: plt.Figure, path: Path) -> None:
@@ -289,6 +349,7 @@ def main() -> None:
     parser.add_argument("--study-dir", type=Path, default=Path("results/study"))
     parser.add_argument("--out-dir", type=Path, default=Path("results"))
     parser.add_argument("--corruption-examples", action="store_true", help="also draw corruption_examples.png")
+    parser.add_argument("--readme", type=Path, help="rewrite this file's study-results block with the tables")
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.corruption_examples:
@@ -304,6 +365,11 @@ def main() -> None:
     rows = summarize(runs)
     write_tables(rows, args.out_dir, quick)
     print_table(rows)
+    if args.readme:
+        if quick:
+            sys.exit(f"refusing to write QUICK smoke-test numbers into {args.readme}")
+        splice_into_readme(args.readme, markdown_report(rows, runs))
+        print(f"\nrewrote the study-results block of {args.readme}")
     for name, plot in (("noise_curves", plot_noise_curves), ("corruptions", plot_corruptions),
                        ("sharpness_vs_robustness", plot_sharpness), ("loss_directions", plot_loss_directions)):
         plot(runs, args.out_dir / f"study_{name}.png", tag)

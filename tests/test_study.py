@@ -112,6 +112,36 @@ def test_summary_of_any_subset(tmp_path, monkeypatch, capsys):
     assert "asam - sgd" in capsys.readouterr().out
 
 
+def test_readme_block_is_rewritten_from_the_runs(tmp_path, monkeypatch):
+    study = tmp_path / "study"
+    study.mkdir()
+    for config, seed, accuracy in [("asam", 0, 99.0), ("asam", 1, 98.0), ("sgd", 0, 97.0), ("sgd", 1, 97.5)]:
+        (study / f"{config}_seed{seed}.json").write_text(json.dumps(fake_record(config, seed, accuracy)))
+    readme = tmp_path / "README.md"
+    begin, end = summarize_study.README_BEGIN, summarize_study.README_END
+    readme.write_text(f"# Title\n\n{begin}\nold table\n{end}\n\nkept text\n")
+    monkeypatch.setattr(sys, "argv", ["summarize_study.py", "--study-dir", str(study), "--out-dir", str(tmp_path),
+                                      "--readme", str(readme)])
+    summarize_study.main()
+    text = readme.read_text()
+    assert text.startswith(f"# Title\n\n{begin}\n") and text.endswith(f"{end}\n\nkept text\n")
+    assert "old table" not in text
+    assert "Finished runs (4): sgd: seeds 0 1; asam: seeds 0 1." in text
+    assert "| asam | 2 | 98.50 [92.15, 104.85] |" in text  # 98.5 +- 12.7062 * 0.7071 / sqrt(2)
+    assert "| asam - sgd | 2 | +1.25 [-8.28, +10.78] |" in text  # differences 2.0 and 0.5
+    assert "| fog | +1.25 [-8.28, +10.78] |" in text
+    summarize_study.main()  # idempotent: the block is replaced, not appended
+    assert readme.read_text() == text
+
+
+def test_readme_without_markers_is_refused(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="study-results:begin"):
+        summarize_study.splice_into_readme(readme, "table")
+    assert readme.read_text() == "no markers here\n"
+
+
 # ----------------------------------------------------------------------------- end to end on MNIST
 
 
