@@ -31,6 +31,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lenet_utils as L  # noqa: E402
+
 ORDER = ("baseline", "adam-sam", "sgd", "asam", "sam-0.05", "sam-0.5", "noise-aug")
 PAIRS = (("asam", "sgd"), ("sam-0.05", "sgd"), ("sam-0.5", "sgd"), ("adam-sam", "baseline"),
          ("noise-aug", "sgd"))
@@ -182,12 +185,9 @@ def markdown_report(rows: list[dict], runs: dict[str, dict[int, dict]]) -> str:
         return f"{r['mean']:{spec}}{ci}"
 
     def table(first: str, names: list[str], kind: str, metrics: dict[str, str]) -> list[str]:
-        lines = [f"| {first} | n | " + " | ".join(metrics.values()) + " |", "|" + " --- |" * (len(metrics) + 2)]
-        for name in names:
-            by_metric = stats[(kind, name)]
-            lines.append(f"| {name} | {by_metric['clean']['n']} | "
-                         + " | ".join(cell(by_metric.get(m), kind == "paired") for m in metrics) + " |")
-        return lines
+        rows = [[name, stats[(kind, name)]["clean"]["n"],
+                 *(cell(stats[(kind, name)].get(m), kind == "paired") for m in metrics)] for name in names]
+        return [L.markdown_table([first, "n", *metrics.values()], rows)]
 
     finished = "; ".join(f"{c}: seed{'s' if len(s) > 1 else ''} {' '.join(map(str, s))}" for c, s in runs.items())
     missing = [c for c in ORDER if c not in runs]
@@ -199,11 +199,10 @@ def markdown_report(rows: list[dict], runs: dict[str, dict[int, dict]]) -> str:
         lines += table("paired difference", pairs, "paired", REPORT_COLUMNS) + [""]
         corruptions = [m for m in stats[("paired", pairs[0])]
                        if m.startswith("corruption_") and m != "corruption_mean"]
-        lines += ["| corruption | " + " | ".join(f"{p} (n={stats[('paired', p)]['clean']['n']})" for p in pairs)
-                  + " |", "|" + " --- |" * (len(pairs) + 1)]
-        lines += [f"| {m.removeprefix('corruption_').replace('_', ' ')} | "
-                  + " | ".join(cell(stats[("paired", p)].get(m), True) for p in pairs) + " |" for m in corruptions]
-        lines.append("")
+        header = ["corruption", *(f"{p} (n={stats[('paired', p)]['clean']['n']})" for p in pairs)]
+        rows = [[m.removeprefix("corruption_").replace("_", " "),
+                 *(cell(stats[("paired", p)].get(m), True) for p in pairs)] for m in corruptions]
+        lines += [L.markdown_table(header, rows), ""]
     lines.append("Accuracies in %, mean over seeds with the 95 % t confidence interval in brackets (none where "
                  "n = 1); paired rows are the per-seed differences over the seeds both configurations have. "
                  "Written by `scripts/summarize_study.py --readme README.md` from `results/study/*.json`.")
@@ -317,9 +316,6 @@ def plot_loss_directions(runs: dict, path: Path, tag: str) -> None:
 
 def corruption_examples(path: Path) -> None:
     """Every corruption (seed 0, default severity) on the first 6 test digits of distinct classes."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import lenet_utils as L
-
     images, labels = L.load_mnist(train=False)
     first = {}
     for i, label in enumerate(labels.tolist()):
