@@ -1,6 +1,5 @@
 """train() and random_gaussian_noise on tiny data (a linear model keeps the CPU time small)."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
