@@ -1,7 +1,7 @@
 """LeNet-5 + Sharpness-Aware Minimization (SAM) on MNIST: everything the notebooks share.
 
 Sections: reproducibility, model, SAM optimizer, data, training, evaluation,
-noise and corruptions, sharpness, checkpoints. Data lives on the device as tensors;
+noise and corruptions, sharpness, files and checkpoints. Data lives on the device as tensors;
 the training loop never synchronises with the host inside an epoch.
 """
 
@@ -16,6 +16,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import IO
 from pathlib import Path
 
 import numpy as np
@@ -259,13 +260,15 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, la
           lr_milestones: Sequence[float] = (), lr_gamma: float = 0.2,
           batch_transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
           autocast_dtype: torch.dtype | None = None, seed: int = 0,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
     """Train ``model`` in place and return one history row per epoch.
 
     Works with any optimizer; with :class:`SAM` each step runs two forward-backward passes.
     ``lr_milestones`` are fractions of ``epochs`` at which every group's lr is multiplied by
-    ``lr_gamma`` (the study's schedule is ``(0.3, 0.6, 0.8)``). Shuffling (and
-    ``batch_transform``) draw from a generator seeded with ``seed``.
+    ``lr_gamma`` (the study's schedule is ``(0.3, 0.6, 0.8)``); the optimizer's lrs are restored
+    on return, so a second call starts from them again. Shuffling (and ``batch_transform``) draw
+    from a generator seeded with ``seed``. ``progress`` shows a tqdm bar; ``on_epoch`` is called
+    with each history row as it is made (for logs where no bar is shown).
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
@@ -285,37 +288,43 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, la
 
     history = []
     bar = trange(epochs, desc="train", disable=not progress)
-    for epoch in bar:
-        decay = lr_gamma ** sum(epoch >= m for m in milestones)
+    try:
+        for epoch in bar:
+            decay = lr_gamma ** sum(epoch >= m for m in milestones)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * decay
+            start = time.perf_counter()
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            for idx in minibatch_indices(len(images), batch_size, generator):
+                x, y = images[idx], labels[idx]
+                if batch_transform is not None:
+                    x = batch_transform(x, generator)
+                loss, logits = loss_of(x, y)
+                loss.backward()
+                if isinstance(optimizer, SAM):
+                    optimizer.first_step(zero_grad=True)
+                    with frozen_batchnorm_stats(model):
+                        loss_of(x, y)[0].backward()
+                    optimizer.second_step(zero_grad=True)
+                else:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                loss_sum += loss.detach() * (len(y) if reduction == "mean" else 1)
+                correct += (logits.argmax(1) == y).sum()
+            row = {"epoch": epoch + 1, "lr": base_lrs[0] * decay,
+                   "train_loss": loss_sum.item() / len(images), "train_acc": 100 * correct.item() / len(images)}
+            if val_data is not None:
+                row["val_loss"], row["val_acc"] = evaluate(model, *val_data, label_smoothing=label_smoothing)
+            row["seconds"] = time.perf_counter() - start
+            history.append(row)
+            bar.set_postfix({k: round(v, 4) for k, v in row.items() if k.endswith(("loss", "acc"))})
+            if on_epoch is not None:
+                on_epoch(row)
+    finally:
         for group, base_lr in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base_lr * decay
-        start = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        for idx in minibatch_indices(len(images), batch_size, generator):
-            x, y = images[idx], labels[idx]
-            if batch_transform is not None:
-                x = batch_transform(x, generator)
-            loss, logits = loss_of(x, y)
-            loss.backward()
-            if isinstance(optimizer, SAM):
-                optimizer.first_step(zero_grad=True)
-                with frozen_batchnorm_stats(model):
-                    loss_of(x, y)[0].backward()
-                optimizer.second_step(zero_grad=True)
-            else:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * (len(y) if reduction == "mean" else 1)
-            correct += (logits.argmax(1) == y).sum()
-        row = {"epoch": epoch + 1, "lr": base_lrs[0] * decay,
-               "train_loss": loss_sum.item() / len(images), "train_acc": 100 * correct.item() / len(images)}
-        if val_data is not None:
-            row["val_loss"], row["val_acc"] = evaluate(model, *val_data, label_smoothing=label_smoothing)
-        row["seconds"] = time.perf_counter() - start
-        history.append(row)
-        bar.set_postfix({k: round(v, 4) for k, v in row.items() if k.endswith(("loss", "acc"))})
+            group["lr"] = base_lr
     return history
 
 
@@ -412,7 +421,7 @@ def _random_signs(n: int, generator: torch.Generator) -> Tensor:
 def _affine(images: Tensor, matrix: Tensor, shift: Tensor | None = None) -> Tensor:
     """Resample each image at ``matrix @ xy + shift`` (normalized coords; matrix (N, 2, 2))."""
     shift = torch.zeros(len(images), 2, device=images.device) if shift is None else shift
-    theta = torch.cat([matrix, shift.unsqueeze(2)], dim=2)
+    theta = torch.cat([matrix, shift.unsqueeze(2)], dim=2).to(images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, align_corners=False)
 
@@ -504,7 +513,7 @@ def _draw_polylines(images: Tensor, count: float, generator: torch.Generator, co
 
 
 def _edge_map(images: Tensor, mix: float, generator: torch.Generator) -> Tensor:
-    sobel_x = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], device=images.device)
+    sobel_x = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=images.dtype, device=images.device)
     kernels = torch.stack([sobel_x, sobel_x.T]).unsqueeze(1)
     edges = F.conv2d(images, kernels, padding=1).norm(dim=1, keepdim=True)
     edges = edges / edges.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
@@ -581,7 +590,8 @@ def hessian_max_eigenvalue(model: nn.Module, images: Tensor, labels: Tensor, *,
     iteration on Hessian-vector products (``torch.func``, forward-over-reverse).
 
     Returns (eigenvalue, the estimate after each iteration); stops when two successive estimates
-    differ by less than ``tol`` relative, or after ``iters``.
+    differ by less than ``tol`` relative, or after ``iters``. Leaves the model in eval mode, like
+    :func:`evaluate`.
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
@@ -623,12 +633,12 @@ def filter_normalized_direction(model: nn.Module, seed: int = 0) -> dict[str, Te
 def loss_along_direction(model: nn.Module, images: Tensor, labels: Tensor, alphas: Sequence[float],
                          direction: dict[str, Tensor], *,
                          loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> list[float]:
-    """Loss at w + alpha * direction for each alpha (a 1-D slice of the loss landscape)."""
+    """Loss at w + alpha * direction for each alpha (a 1-D slice of the loss landscape), in eval mode."""
     loss, params = _functional_loss(model, images, labels, loss_fn)
     return [loss({k: p + alpha * direction[k] for k, p in params.items()}).item() for alpha in alphas]
 
 
-# ----------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------- files and checkpoints
 
 _PLAIN_TYPES = (type(None), bool, int, float, str, Tensor)
 
@@ -646,24 +656,36 @@ def _check_plain(value: object, where: str) -> None:
                         "float, str, tensors, and lists/tuples/dicts of them")
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None, **meta) -> None:
-    """Write ``{"model": state_dict, "optimizer": state_dict or None, **meta}`` atomically."""
-    _check_plain(meta, "meta")
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; when the block ends without an error it
+    replaces ``path`` (``os.replace``, mode 0644), otherwise it is deleted: readers never see a
+    half-written file. ``mode`` is ``"w"`` (text) or ``"wb"``; missing parent folders are created."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"model": model.state_dict(),
-               "optimizer": optimizer.state_dict() if optimizer is not None else None, **meta}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates it owner-only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, **meta) -> None:
+    """Write ``{"model": state_dict, "optimizer": state_dict or None, **meta}`` atomically."""
+    _check_plain(meta, "meta")
+    payload = {"model": model.state_dict(),
+               "optimizer": optimizer.state_dict() if optimizer is not None else None, **meta}
+    with atomic_write(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module,

@@ -36,7 +36,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -140,18 +139,6 @@ def machine_info(device):
             "load_average": os.getloadavg(), "date": datetime.datetime.now().astimezone().isoformat()}
 
 
-def write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def device_arg(text: str) -> torch.device:
     try:
         device = torch.device(text)
@@ -241,9 +228,10 @@ def main(argv=None):
     print("\nratio (paired per repeat)                    median [min, max]")
     for label, s in ratios.items():
         print(f"{label:<44} {s['median']:6.2f} [{s['min']:.2f}, {s['max']:.2f}]")
-    write_json(args.out, {"machine": info, "config": {"steps": steps, "repeats": args.repeats, "quick": args.quick,
-                                                      "eval_images": len(test_x)},
-                          "measurements": results, "ratios": ratios})
+    with lu.atomic_write(args.out) as f:
+        json.dump({"machine": info, "config": {"steps": steps, "repeats": args.repeats, "quick": args.quick,
+                                               "eval_images": len(test_x)},
+                   "measurements": results, "ratios": ratios}, f, indent=2)
     print(f"\nwrote {args.out}")
 
 

@@ -36,10 +36,8 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -140,6 +138,13 @@ def evaluate_run(model: torch.nn.Module, test: tuple, probe: tuple, hessian_iter
     }
 
 
+def print_epoch(run: str, epochs: int, row: dict) -> None:
+    """One log line per epoch, for runs in the background (where no progress bar is shown)."""
+    val = f", val acc {row['val_acc']:.2f} %" if "val_acc" in row else ""
+    print(f"    {run} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, "
+          f"train acc {row['train_acc']:.2f} %{val} ({row['seconds']:.1f} s)", flush=True)
+
+
 def run_one(name: str, seed: int, data: dict, device: torch.device, size: dict, args) -> dict:
     """Train and evaluate one (configuration, seed) pair; return the JSON record."""
     hp = hyperparameters(name, size)
@@ -155,7 +160,8 @@ def run_one(name: str, seed: int, data: dict, device: torch.device, size: dict, 
     history = L.train(model, optimizer, images, labels, epochs=hp["epochs"], batch_size=hp["batch_size"],
                       val_data=val, label_smoothing=hp["label_smoothing"], reduction=hp["reduction"],
                       lr_milestones=hp["lr_milestones"], lr_gamma=hp["lr_gamma"], batch_transform=augment,
-                      seed=seed, progress=sys.stderr.isatty())
+                      seed=seed, progress=sys.stderr.isatty(),
+                      on_epoch=None if sys.stderr.isatty() else partial(print_epoch, f"{name} seed {seed}", hp["epochs"]))
     train_s = time.perf_counter() - start
     probe = (images[: size["n_sharpness"]], labels[: size["n_sharpness"]])
     metrics = evaluate_run(model, data["test"], probe, size["hessian_iters"])
@@ -180,21 +186,6 @@ def run_one(name: str, seed: int, data: dict, device: torch.device, size: dict, 
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
             "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                          "python": platform.python_version()}}
-
-
-def write_json_atomic(path: Path, record: dict) -> None:
-    """Write ``record`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def finished(path: Path) -> dict | None:
@@ -246,7 +237,8 @@ def main() -> None:
     for i, (name, seed) in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] start {name} seed {seed}", flush=True)
         record = run_one(name, seed, data, device, size, args)
-        write_json_atomic(out / f"{name}_seed{seed}.json", record)
+        with L.atomic_write(out / f"{name}_seed{seed}.json") as f:
+            json.dump(record, f, indent=1)
         m, s = record["metrics"], record["seconds"]
         extra = (f", ||e(w)|| {m['perturbation_norm']['mean']:.4f}" if "perturbation_norm" in m else "")
         print(f"[{i}/{len(todo)}] done  {name} seed {seed}: train {s['train']:.1f} s, eval "

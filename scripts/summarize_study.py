@@ -138,7 +138,7 @@ def summarize(runs: dict[str, dict[int, dict]]) -> list[dict]:
 def write_tables(rows: list[dict], out_dir: Path, quick: bool) -> None:
     """study_summary.csv (NaN as empty cells) and study_summary.json (NaN as null)."""
     clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
-    with open(out_dir / "study_summary.csv", "w", newline="") as f:
+    with L.atomic_write(out_dir / "study_summary.csv", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({k: "" if clean(v) is None else v for k, v in row.items()} for row in rows)
@@ -147,7 +147,8 @@ def write_tables(rows: list[dict], out_dir: Path, quick: bool) -> None:
         key = row["config"] if row["kind"] == "config" else f"{row['config']} - {row['reference']}"
         stats = {k: clean(v) for k, v in row.items() if k not in ("kind", "config", "reference", "metric")}
         summary["configs" if row["kind"] == "config" else "paired"].setdefault(key, {})[row["metric"]] = stats
-    (out_dir / "study_summary.json").write_text(json.dumps(summary, indent=1))
+    with L.atomic_write(out_dir / "study_summary.json") as f:
+        json.dump(summary, f, indent=1)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -216,7 +217,8 @@ def splice_into_readme(path: Path, report: str) -> None:
     if begin < 0 or end < begin or text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
         raise ValueError(f"{path} needs exactly one line {README_BEGIN!r} followed later by exactly one "
                          f"line {README_END!r}; the summary goes between them")
-    path.write_text(text[:begin + len(README_BEGIN)] + "\n\n" + report + "\n\n" + text[end:])
+    with L.atomic_write(path) as f:
+        f.write(text[:begin + len(README_BEGIN)] + "\n\n" + report + "\n\n" + text[end:])
 
 
 def save(fig: plt.Figure, path: Path) -> None:

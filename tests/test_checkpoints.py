@@ -1,4 +1,4 @@
-"""save_checkpoint / load_checkpoint: round trip, atomic writes, clear errors."""
+"""save_checkpoint / load_checkpoint and atomic_write: round trip, atomic writes, clear errors."""
 
 import os
 
@@ -8,7 +8,7 @@ from torch import nn
 
 import lenet_utils
 from conftest import reference_step
-from lenet_utils import SAM, LeNet5, load_checkpoint, save_checkpoint
+from lenet_utils import SAM, LeNet5, atomic_write, load_checkpoint, save_checkpoint
 
 
 def small_model(seed: int = 0) -> nn.Module:
@@ -105,6 +105,35 @@ def test_failed_save_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, small_model(1), run=2)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]  # no temporary file left behind
+
+
+def test_checkpoint_is_readable_by_others(tmp_path):
+    save_checkpoint(tmp_path / "m.pt", small_model())
+    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("mode", ["w", "wb"])
+def test_atomic_write_replaces_only_on_success(tmp_path, mode):
+    path = tmp_path / "sub" / "out.txt"
+    data = "new" if mode == "w" else b"new"
+    with atomic_write(path, mode) as f:
+        f.write(data)
+        assert not path.exists()  # nothing visible before the block ends
+    assert path.read_bytes() == b"new"
+    with pytest.raises(ValueError, match="boom"):
+        with atomic_write(path, mode) as f:
+            f.write(data * 3)
+            raise ValueError("boom")
+    assert path.read_bytes() == b"new"
+    assert os.listdir(path.parent) == ["out.txt"]
+
+
+@pytest.mark.parametrize("mode", ["a", "r", "w+", "x"])
+def test_atomic_write_rejects_other_modes(tmp_path, mode):
+    with pytest.raises(ValueError, match="mode must be 'w' or 'wb'"):
+        with atomic_write(tmp_path / "out.txt", mode):
+            pass
+    assert os.listdir(tmp_path) == []
 
 
 def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):

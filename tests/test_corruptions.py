@@ -51,6 +51,13 @@ def test_corruption_contract(digits, name):
         assert not torch.equal(out, other_seed)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_images_keep_their_dtype(digits, name):
+    out = corrupt(digits.double(), name)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out.float(), corrupt(digits, name), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", IDENTITY_AT_ZERO)
 def test_severity_zero_is_identity(digits, name):
     torch.testing.assert_close(corrupt(digits, name, severity=0), digits, rtol=0, atol=1e-5)

@@ -149,6 +149,46 @@ def test_lr_schedule_milestones(tiny_digits):
     assert used == [pytest.approx([0.1 * f, 0.5 * f], rel=1e-12) for f in factors]
 
 
+def test_lr_is_restored_so_a_second_call_starts_from_it(tiny_digits):
+    images, labels = tiny_digits[0][:8], tiny_digits[1][:8]
+    model = linear_model()
+    opt = SAM([{"params": [model[1].weight], "lr": 0.1}, {"params": [model[1].bias], "lr": 0.5}],
+              torch.optim.SGD, lr=0.1)
+    schedule = dict(epochs=4, batch_size=8, lr_milestones=(0.5,), lr_gamma=0.1, progress=False)
+    first = train(model, opt, images, labels, **schedule)
+    assert [group["lr"] for group in opt.base_optimizer.param_groups] == [0.1, 0.5]
+    second = train(model, opt, images, labels, **schedule)
+    assert [row["lr"] for row in second] == [row["lr"] for row in first] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+
+
+def test_lr_is_restored_when_training_fails(tiny_digits):
+    images, labels = tiny_digits[0][:8], tiny_digits[1][:8]
+    model = linear_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    epochs_seen = []
+
+    def fail_in_second_epoch(x, generator):
+        epochs_seen.append(opt.param_groups[0]["lr"])
+        if len(epochs_seen) == 2:
+            raise RuntimeError("boom")
+        return x
+
+    with pytest.raises(RuntimeError, match="boom"):
+        train(model, opt, images, labels, epochs=2, batch_size=8, lr_milestones=(0.5,), lr_gamma=0.1,
+              batch_transform=fail_in_second_epoch, progress=False)
+    assert epochs_seen == pytest.approx([0.1, 0.01])
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+def test_on_epoch_sees_each_row_as_it_is_made(tiny_digits):
+    images, labels = tiny_digits
+    model = linear_model()
+    seen = []
+    history = train(model, torch.optim.SGD(model.parameters(), lr=0.1), images, labels, epochs=3, batch_size=40,
+                    progress=False, on_epoch=lambda row: seen.append(dict(row)))
+    assert seen == history and [row["epoch"] for row in seen] == [1, 2, 3]
+
+
 def test_no_milestones_keeps_lr(tiny_digits):
     images, labels = tiny_digits[0][:8], tiny_digits[1][:8]
     model = linear_model()
