@@ -16,8 +16,8 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch

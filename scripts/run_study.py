@@ -156,12 +156,13 @@ def run_one(name: str, seed: int, data: dict, device: torch.device, size: dict, 
              if hp["sam"] else None)
     augment = (None if hp["noise_max_sigma"] is None
                else partial(L.random_gaussian_noise, max_sigma=hp["noise_max_sigma"]))
+    on_terminal = sys.stderr.isatty()  # a progress bar on a terminal, one line per epoch in a log file
     start = time.perf_counter()
     history = L.train(model, optimizer, images, labels, epochs=hp["epochs"], batch_size=hp["batch_size"],
                       val_data=val, label_smoothing=hp["label_smoothing"], reduction=hp["reduction"],
                       lr_milestones=hp["lr_milestones"], lr_gamma=hp["lr_gamma"], batch_transform=augment,
-                      seed=seed, progress=sys.stderr.isatty(),
-                      on_epoch=None if sys.stderr.isatty() else partial(print_epoch, f"{name} seed {seed}", hp["epochs"]))
+                      seed=seed, progress=on_terminal,
+                      on_epoch=None if on_terminal else partial(print_epoch, f"{name} seed {seed}", hp["epochs"]))
     train_s = time.perf_counter() - start
     probe = (images[: size["n_sharpness"]], labels[: size["n_sharpness"]])
     metrics = evaluate_run(model, data["test"], probe, size["hessian_iters"])

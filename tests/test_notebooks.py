@@ -32,8 +32,8 @@ def test_notebooks_run_in_quick_mode(tmp_path, monkeypatch):
         executed[name] = nb
         assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert figures(nb) >= 8, f"{name} produced only {figures(nb)} figures"
-    for path in ["checkpoints/lenet5_baseline.pt", "checkpoints/lenet5_sam.pt", "results/baseline.json", "results/sam.json",
-                 "results/comparison.json"]:
+    for path in ["checkpoints/lenet5_baseline.pt", "checkpoints/lenet5_sam.pt", "results/baseline.json",
+                 "results/sam.json", "results/comparison.json"]:
         assert (tmp_path / path).is_file(), path
     sam_text = "".join(str(o) for c in executed["LeNet-5_sam_optim.ipynb"].cells for o in c.get("outputs", []))
     assert "run LeNet-5.ipynb first" not in sam_text  # the baseline was found: the comparison ran
