@@ -222,8 +222,9 @@ def splice_into_readme(path: Path, report: str) -> None:
 
 
 def save(fig: plt.Figure, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    """Write ``fig`` as PNG with :func:`lenet_utils.atomic_write` and close it."""
+    with L.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -256,8 +257,7 @@ def plot_noise_curves(runs: dict, path: Path, tag: str) -> None:
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(runs), 7))
     fig.suptitle("Accuracy vs pixel-noise σ: mean over seeds; band = 95 % CI (n ≥ 3, clipped to 0–100) "
                  "or min–max (n = 2)" + tag)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_corruptions(runs: dict, path: Path, tag: str) -> None:
@@ -265,7 +265,7 @@ def plot_corruptions(runs: dict, path: Path, tag: str) -> None:
     names = list(next(iter(next(iter(runs.values())).values()))["metrics"]["corruptions"])
     grid = np.array([[np.mean([r["metrics"]["corruptions"][n] for r in seeds.values()]) for n in names]
                      for seeds in runs.values()])
-    fig, ax = plt.subplots(figsize=(0.75 * len(names) + 3, 0.55 * len(runs) + 2.2))
+    fig, ax = plt.subplots(figsize=(0.75 * len(names) + 3, 0.55 * len(runs) + 2.2), layout="tight")
     image = ax.imshow(grid, cmap="viridis", aspect="auto")
     for (i, j), v in np.ndenumerate(grid):
         dark = v < grid.min() + 0.6 * (grid.max() - grid.min())
@@ -279,7 +279,7 @@ def plot_corruptions(runs: dict, path: Path, tag: str) -> None:
 
 def plot_sharpness(runs: dict, path: Path, tag: str) -> None:
     """Hessian max eigenvalue (log x) vs noise and corruption accuracy, one point per run."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="tight")
     colour = colours(runs)
     for config, seeds in runs.items():
         if any(r["metrics"]["hessian"]["eigenvalue"] <= 0 for r in seeds.values()):
@@ -301,7 +301,7 @@ def plot_sharpness(runs: dict, path: Path, tag: str) -> None:
 
 def plot_loss_directions(runs: dict, path: Path, tag: str) -> None:
     """Training loss along the filter-normalized directions: mean curve per configuration."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="tight")
     for config, seeds in runs.items():
         directions = [r["metrics"]["loss_directions"] for r in seeds.values()]
         curves = np.array([c for d in directions for c in d["losses"]])
@@ -338,8 +338,7 @@ def corruption_examples(path: Path) -> None:
         axes[r, 0].set_ylabel(f"{name}\n" + textwrap.fill(label, 30), rotation=0, ha="right",
                               va="center", fontsize=8)
     fig.suptitle("MNIST corruptions at the suite's default severity (severity: unit), seed 0", fontsize=11)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main() -> None:
