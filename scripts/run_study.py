@@ -48,6 +48,7 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import lenet_utils as L  # noqa: E402
+from analysis import corruptions, sharpness  # noqa: E402
 
 ADAM = dict(optimizer="adam", lr=1e-3, momentum=None, weight_decay=0.0, sam=None, batch_size=32,
             epochs=30, reduction="sum", label_smoothing=0.0, lr_milestones=[], lr_gamma=1.0,
@@ -117,7 +118,7 @@ def evaluate_run(model: torch.nn.Module, test: tuple, probe: tuple, hessian_iter
     along filter-normalized directions on ``probe`` (plain mean cross-entropy)."""
     pixel = lambda clip: {f"{s:.1f}": a for s, a in L.evaluate_noise(  # noqa: E731
         model, *test, PIXEL_SIGMAS, protocol="pixel", clip=clip).items()}
-    eigenvalue, estimates = L.hessian_max_eigenvalue(model, *probe, iters=hessian_iters, tol=HESSIAN_TOL)
+    eigenvalue, estimates = sharpness.hessian_max_eigenvalue(model, *probe, iters=hessian_iters, tol=HESSIAN_TOL)
     return {
         "clean": L.accuracy(model, *test),
         "normalized_clean": L.evaluate_noise(model, *test, [0.0], protocol="seed")[0.0],
@@ -125,15 +126,15 @@ def evaluate_run(model: torch.nn.Module, test: tuple, probe: tuple, hessian_iter
                           L.evaluate_noise(model, *test, SEED_SIGMAS, protocol="seed").items()},
         "pixel": pixel(False),
         "pixel_clip": pixel(True),
-        "corruptions": L.evaluate_corruptions(model, *test),
+        "corruptions": corruptions.evaluate_corruptions(model, *test),
         "hessian": {"eigenvalue": eigenvalue, "estimates": estimates, "iterations": len(estimates),
                     "max_iters": hessian_iters, "tol": HESSIAN_TOL, "n_images": len(probe[0]),
                     "converged": len(estimates) > 1 and abs(estimates[-1] - estimates[-2])
                     <= HESSIAN_TOL * abs(estimates[-1])},
         "loss_directions": {"alphas": ALPHAS, "direction_seeds": list(DIRECTION_SEEDS),
                             "n_images": len(probe[0]), "losses": [
-                                L.loss_along_direction(model, *probe, ALPHAS,
-                                                       L.filter_normalized_direction(model, seed=s))
+                                sharpness.loss_along_direction(model, *probe, ALPHAS,
+                                                       sharpness.filter_normalized_direction(model, seed=s))
                                 for s in DIRECTION_SEEDS]},
     }
 
@@ -178,7 +179,7 @@ def run_one(name: str, seed: int, data: dict, device: torch.device, size: dict, 
         L.save_checkpoint(folder / f"{name}_seed{seed}.pt", model, optimizer, config=name, seed=seed,
                           hyperparameters=hp)
     return {"config": name, "seed": seed, "hyperparameters": hp, "split_seed": SPLIT_SEED,
-            "corruption_severities": {c: severity for c, (_, severity, _) in L.CORRUPTIONS.items()},
+            "corruption_severities": {c: severity for c, (_, severity, _) in corruptions.CORRUPTIONS.items()},
             "lenet_utils_sha256": LENET_UTILS_SHA256,
             "quick": args.quick, "sizes": {"train": len(images), "val": len(val[0]) if val else 0,
                                            "test": len(data["test"][0])},

@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lenet_utils as L  # noqa: E402
+from analysis import corruptions  # noqa: E402
 
 ORDER = ("baseline", "adam-sam", "sgd", "asam", "sam-0.05", "sam-0.5", "noise-aug")
 PAIRS = (("asam", "sgd"), ("sam-0.05", "sgd"), ("sam-0.5", "sgd"), ("adam-sam", "baseline"),
@@ -326,8 +327,8 @@ def corruption_examples(path: Path) -> None:
             break
     x = images[list(first.values())]
     rows = [("clean", x, "")] + [
-        (name, L.corrupt(x, name, seed=0), f"{severity:g}: " + unit.replace("; identity at 0", ""))
-        for name, (_, severity, unit) in L.CORRUPTIONS.items()]
+        (name, corruptions.corrupt(x, name, seed=0), f"{severity:g}: " + unit.replace("; identity at 0", ""))
+        for name, (_, severity, unit) in corruptions.CORRUPTIONS.items()]
     fig, axes = plt.subplots(len(rows), len(x), figsize=(9, 1.15 * len(rows)), layout="constrained")
     for r, (name, batch, label) in enumerate(rows):
         for c, ax in enumerate(axes[r]):

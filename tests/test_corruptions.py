@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lenet_utils import CORRUPTIONS, accuracy, corrupt, evaluate_corruptions
+from analysis.corruptions import CORRUPTIONS, corrupt, evaluate_corruptions
+from lenet_utils import accuracy
 
 NAMES = list(CORRUPTIONS)
 IDENTITY_AT_ZERO = [name for name, (_, _, unit) in CORRUPTIONS.items() if "identity at 0" in unit]

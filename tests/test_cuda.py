@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import lenet_utils as L
+from analysis.corruptions import CORRUPTIONS, corrupt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -52,5 +53,5 @@ def test_cuda_matches_cpu_in_float32():
 def test_noise_and_corruptions_on_cuda_are_deterministic():
     images, _ = synthetic("cuda", n=64)
     assert torch.equal(L.add_gaussian_noise(images, 0.6, seed=3), L.add_gaussian_noise(images, 0.6, seed=3))
-    for name in L.CORRUPTIONS:
-        assert torch.equal(L.corrupt(images, name, seed=1), L.corrupt(images, name, seed=1))
+    for name in CORRUPTIONS:
+        assert torch.equal(corrupt(images, name, seed=1), corrupt(images, name, seed=1))

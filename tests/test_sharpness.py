@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet_utils import LeNet5, filter_normalized_direction, hessian_max_eigenvalue, loss_along_direction
+from analysis.sharpness import filter_normalized_direction, hessian_max_eigenvalue, loss_along_direction
+from lenet_utils import LeNet5
 
 
 def orthonormal(rows: int, cols: int, seed: int) -> torch.Tensor:

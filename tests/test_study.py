@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lenet_utils import CORRUPTIONS, MNIST_FILES
+from analysis.corruptions import CORRUPTIONS
+from lenet_utils import MNIST_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_ROOT = Path(os.environ.get("MNIST_ROOT", ROOT / "data"))
