@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
+ALPHAS = tuple(round(-1 + 0.1 * i, 1) for i in range(21))  # the loss slices' steps, -1 to 1
+
 def _functional_loss(model: nn.Module, images: Tensor, labels: Tensor,
                      loss_fn: Callable[[Tensor, Tensor], Tensor]) -> tuple[Callable, dict[str, Tensor]]:
     params = {name: p.detach() for name, p in model.named_parameters()}

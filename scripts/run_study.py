@@ -1,31 +1,21 @@
-"""Resumable runner for the LeNet-5 + SAM study on MNIST.
+"""Resumable, parallel runner for the LeNet-5 + SAM study.
 
-Trains every (configuration, seed) pair, evaluates it and writes ``{out}/{config}_seed{seed}.json``
-atomically. A run whose JSON already exists and parses is skipped, so the study can be stopped
-and resumed across sessions. All training and evaluation logic comes from ``lenet_utils``.
+Trains every (configuration, seed) pair of ``lenet_utils.STUDY_RECIPES``, keeps its final weights
+(``{out}/weights/{config}_seed{seed}.pt``, by ``lenet_utils.save_checkpoint``), evaluates them with
+``analysis.evaluation`` and writes ``{out}/{config}_seed{seed}.json`` atomically; ``out`` defaults
+to ``results/study/{dataset}``. A pair whose record and weights exist is skipped, so the study
+resumes across sessions; ``--reevaluate`` recomputes the metrics of stored weights without
+training, keeping each record's training history.
 
 ``seed`` seeds the model initialisation (``set_seed``) and train()'s shuffling; the seeds are the
-same in every configuration, so configurations can be compared run by run (paired). The 80/20
-train/validation split always uses the fixed split seed 42.
+same in every configuration, so configurations can be compared run by run (paired).
 
-Configurations:
+Examples::
 
-- baseline: Adam lr 1e-3, batch 32, 30 epochs, summed cross-entropy, all 60,000 images, no val.
-- asam: SAM over SGD (lr 0.1, momentum 0.9, weight decay 5e-4), adaptive (ASAM), rho 2.0; label
-  smoothing 0.1, batch 128, 80 epochs, lr x0.2 at 30/60/80 % of training; trained on the 48,000
-  split images with the 12,000 others as validation data.
-- sgd: asam with plain SGD instead of SAM (everything else equal): the controlled ablation.
-- sam-0.05: asam with non-adaptive SAM, rho 0.05 (Foret et al.'s default on CIFAR).
-- sam-0.5: asam with non-adaptive SAM, rho 0.5, the top of Foret et al.'s rho grid (0.05 is their
-  CIFAR default). ASAM's rho is not on SAM's scale: ASAM's ball is stretched by |w|, so its step
-  in weight space is ||e(w)||_2 = rho ||T(w)^2 g||_2 / ||T(w) g||_2 with T(w) = |w|, not rho (for
-  SAM it is exactly rho). Measured over asam's first epoch (seed 0, 375 steps) it averages 0.42
-  (0.15 to 0.60): about 8x SAM's 0.05, close to 0.5. Every SAM/ASAM run records this norm over
-  its first epoch (``metrics.perturbation_norm``), so the comparison can be checked per run.
-- noise-aug: sgd with Gaussian-noise augmentation (sigma ~ U[0, 0.6] per batch).
-- adam-sam: baseline with SAM over Adam (lr 1e-3), non-adaptive, rho 0.05.
+    python scripts/run_study.py --configs asam sgd --seeds 0 1 2 --jobs 2
+    python scripts/run_study.py --shard 1/4         # this machine's quarter of the pending pairs
+    python scripts/run_study.py --reevaluate        # new metrics for every stored model
 
-Example: ``python scripts/run_study.py --configs asam sgd --seeds 0 1 2``.
 ``--quick`` (2 epochs on 2,000 images, 1,000 test images, small sharpness probes) is a smoke test
 and must write elsewhere than the study, e.g. ``--out /tmp/study_quick``.
 """
@@ -35,11 +25,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
+import os
 import platform
+import subprocess
 import sys
 import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from functools import partial
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
@@ -48,95 +43,86 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import lenet_utils as L  # noqa: E402
-from analysis import corruptions, sharpness  # noqa: E402
-
-ADAM = dict(optimizer="adam", lr=1e-3, momentum=None, weight_decay=0.0, sam=None, batch_size=32,
-            epochs=30, reduction="sum", label_smoothing=0.0, lr_milestones=[], lr_gamma=1.0,
-            split=False, noise_max_sigma=None)
-SGD = dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, sam=None, batch_size=128,
-           epochs=80, reduction="mean", label_smoothing=0.1, lr_milestones=[0.3, 0.6, 0.8],
-           lr_gamma=0.2, split=True, noise_max_sigma=None)
-CONFIGS: dict[str, dict] = {
-    "baseline": ADAM,
-    "asam": {**SGD, "sam": {"rho": 2.0, "adaptive": True}},
-    "sgd": SGD,
-    "sam-0.05": {**SGD, "sam": {"rho": 0.05, "adaptive": False}},
-    "sam-0.5": {**SGD, "sam": {"rho": 0.5, "adaptive": False}},
-    "noise-aug": {**SGD, "noise_max_sigma": 0.6},
-    "adam-sam": {**ADAM, "sam": {"rho": 0.05, "adaptive": False}},
-}
-SPLIT_SEED = 42
-LENET_UTILS_SHA256 = hashlib.sha256(Path(L.__file__).read_bytes()).hexdigest()  # the code this run imported
-FULL = dict(epochs=None, n_train=None, n_val=None, n_test=None, n_sharpness=2048, hessian_iters=100)
-QUICK = dict(epochs=2, n_train=2000, n_val=1000, n_test=1000, n_sharpness=128, hessian_iters=3)
-HESSIAN_TOL = 1e-3
-SEED_SIGMAS = (0.4, 0.6, 0.8)
-PIXEL_SIGMAS = tuple(round(0.1 * i, 1) for i in range(11))
-ALPHAS = [round(-1 + 0.1 * i, 1) for i in range(21)]  # linspace(-1, 1, 21)
-DIRECTION_SEEDS = (0, 1, 2)
+from analysis import evaluation  # noqa: E402
 
 
-def make_optimizer(model: torch.nn.Module, hp: dict) -> torch.optim.Optimizer:
-    """The configuration's optimizer, wrapped in lenet_utils.SAM when ``hp["sam"]`` is set."""
-    if hp["optimizer"] == "adam":
-        base, kwargs = torch.optim.Adam, dict(lr=hp["lr"], weight_decay=hp["weight_decay"])
-    else:
-        base, kwargs = torch.optim.SGD, dict(lr=hp["lr"], momentum=hp["momentum"],
-                                             weight_decay=hp["weight_decay"])
-    if hp["sam"] is None:
-        return base(model.parameters(), **kwargs)
-    return L.SAM(model.parameters(), base, **hp["sam"], **kwargs)
+def code_version() -> dict:
+    """sha256 of the code a record comes from: lenet_utils.py and the analysis package."""
+    analysis = hashlib.sha256()
+    for path in sorted((ROOT / "analysis").glob("*.py")):
+        analysis.update(path.name.encode() + b"\0" + path.read_bytes())
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"lenet_utils_sha256": hashlib.sha256((ROOT / "lenet_utils.py").read_bytes()).hexdigest(),
+            "analysis_sha256": analysis.hexdigest(), "git_commit": commit}
 
 
-def record_perturbation_norms(optimizer: L.SAM, steps: int) -> list[torch.Tensor]:
-    """Wrap ``optimizer.first_step`` to record ||e(w)||_2 (weights after minus before) for the next
-    ``steps`` calls, then unwrap. Norms stay on the device (no host sync inside the epoch)."""
-    norms: list[torch.Tensor] = []
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    unwrapped = optimizer.first_step
+@dataclass(frozen=True)
+class Size:
+    """How much data and training a run gets: the full study, or the quick smoke test."""
 
-    def first_step(zero_grad: bool = False) -> None:
-        before = [p.detach().clone() for p in params]
-        unwrapped(zero_grad=zero_grad)
-        diffs = torch._foreach_sub([p.detach() for p in params], before)
-        norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(diffs))))
-        if len(norms) == steps:
-            del optimizer.first_step  # back to the class method
-
-    optimizer.first_step = first_step
-    return norms
+    epochs: int | None  # None: the recipe's own
+    n_train: int | None  # None: every image
+    n_val: int | None
+    evaluation: evaluation.EvalSettings
 
 
-def hyperparameters(name: str, size: dict) -> dict:
-    """The configuration's hyper-parameters, with the epochs of ``size`` (FULL or QUICK)."""
-    return {**CONFIGS[name], "epochs": size["epochs"] or CONFIGS[name]["epochs"]}
+FULL = Size(None, None, None, evaluation.FULL)
+QUICK = Size(2, 2000, 1000, evaluation.QUICK)
 
 
-def evaluate_run(model: torch.nn.Module, test: tuple, probe: tuple, hessian_iters: int) -> dict:
-    """Accuracies (%) on ``test``: clean, normalized (seed protocol at sigma 0), seed protocol,
-    pixel noise without and with clipping, corruptions; Hessian max eigenvalue and 1-D loss slices
-    along filter-normalized directions on ``probe`` (plain mean cross-entropy)."""
-    pixel = lambda clip: {f"{s:.1f}": a for s, a in L.evaluate_noise(  # noqa: E731
-        model, *test, PIXEL_SIGMAS, protocol="pixel", clip=clip).items()}
-    eigenvalue, estimates = sharpness.hessian_max_eigenvalue(model, *probe, iters=hessian_iters, tol=HESSIAN_TOL)
-    return {
-        "clean": L.accuracy(model, *test),
-        "normalized_clean": L.evaluate_noise(model, *test, [0.0], protocol="seed")[0.0],
-        "seed_protocol": {f"{s:.1f}": a for s, a in
-                          L.evaluate_noise(model, *test, SEED_SIGMAS, protocol="seed").items()},
-        "pixel": pixel(False),
-        "pixel_clip": pixel(True),
-        "corruptions": corruptions.evaluate_corruptions(model, *test),
-        "hessian": {"eigenvalue": eigenvalue, "estimates": estimates, "iterations": len(estimates),
-                    "max_iters": hessian_iters, "tol": HESSIAN_TOL, "n_images": len(probe[0]),
-                    "converged": len(estimates) > 1 and abs(estimates[-1] - estimates[-2])
-                    <= HESSIAN_TOL * abs(estimates[-1])},
-        "loss_directions": {"alphas": ALPHAS, "direction_seeds": list(DIRECTION_SEEDS),
-                            "n_images": len(probe[0]), "losses": [
-                                sharpness.loss_along_direction(model, *probe, ALPHAS,
-                                                       sharpness.filter_normalized_direction(model, seed=s))
-                                for s in DIRECTION_SEEDS]},
-    }
+def recipe_for(name: str, size: Size) -> L.Recipe:
+    """The configuration's recipe, with the epochs of ``size``."""
+    recipe = L.STUDY_RECIPES[name]
+    return replace(recipe, epochs=size.epochs) if size.epochs else recipe
+
+
+# ----------------------------------------------------------------------------- data (one copy per process)
+
+_DATA: dict = {}
+
+
+def load_data(dataset: str, device: torch.device, size: Size) -> dict:
+    """Full training set, the seed-42 80/20 split (with val data), the test set and the sharpness
+    probe, cut to ``size``; loaded once per process."""
+    key = (dataset, str(device), size)
+    if key not in _DATA:
+        images, labels = L.load_dataset(dataset, train=True, device=device)
+        tr_x, tr_y, va_x, va_y = L.train_val_split(images, labels)
+        n, n_val = size.n_train, size.n_val
+        _DATA[key] = {"full": (images[:n], labels[:n], None),
+                      "split": (tr_x[:n], tr_y[:n], (va_x[:n_val], va_y[:n_val])),
+                      "test": L.load_dataset(dataset, train=False, device=device),
+                      "probe": evaluation.probe_set(tr_x, tr_y, size.evaluation)}
+    return _DATA[key]
+
+
+# ----------------------------------------------------------------------------- one pair
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (configuration, seed) pair to train (and evaluate) or to re-evaluate."""
+
+    name: str
+    seed: int
+    dataset: str
+    out: Path
+    device: str
+    quick: bool
+    evaluate: bool
+    reevaluate: bool
+
+    @property
+    def record_path(self) -> Path:
+        return self.out / f"{self.name}_seed{self.seed}.json"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.out / "weights" / f"{self.name}_seed{self.seed}.pt"
 
 
 def print_epoch(run: str, epochs: int, row: dict) -> None:
@@ -146,108 +132,207 @@ def print_epoch(run: str, epochs: int, row: dict) -> None:
           f"train acc {row['train_acc']:.2f} %{val} ({row['seconds']:.1f} s)", flush=True)
 
 
-def run_one(name: str, seed: int, data: dict, device: torch.device, size: dict, args) -> dict:
-    """Train and evaluate one (configuration, seed) pair; return the JSON record."""
-    hp = hyperparameters(name, size)
-    images, labels, val = data["split"] if hp["split"] else data["full"]
-    L.set_seed(seed)
+def train_one(job: Job, size: Size) -> dict:
+    """Train one pair, save its weights; return its record without metrics."""
+    device = torch.device(job.device)
+    data = load_data(job.dataset, device, size)
+    recipe = recipe_for(job.name, size)
+    images, labels, val = data["split"] if recipe.split else data["full"]
+    L.set_seed(job.seed)
     model = L.LeNet5().to(device)
-    optimizer = make_optimizer(model, hp)
-    norms = (record_perturbation_norms(optimizer, math.ceil(len(images) / hp["batch_size"]))
-             if hp["sam"] else None)
-    augment = (None if hp["noise_max_sigma"] is None
-               else partial(L.random_gaussian_noise, max_sigma=hp["noise_max_sigma"]))
+    norms: list[torch.Tensor] = []  # SAM's ||e(w)|| over the first epoch, kept on the device
+    first_epoch_steps = -(-len(images) // recipe.batch_size)
+
+    def record_norm(step: int) -> None:
+        if step < first_epoch_steps:
+            norms.append(optimizer.perturbation_norm)
+
     on_terminal = sys.stderr.isatty()  # a progress bar on a terminal, one line per epoch in a log file
     start = time.perf_counter()
-    history = L.train(model, optimizer, images, labels, epochs=hp["epochs"], batch_size=hp["batch_size"],
-                      val_data=val, label_smoothing=hp["label_smoothing"], reduction=hp["reduction"],
-                      lr_milestones=hp["lr_milestones"], lr_gamma=hp["lr_gamma"], batch_transform=augment,
-                      seed=seed, progress=on_terminal,
-                      on_epoch=None if on_terminal else partial(print_epoch, f"{name} seed {seed}", hp["epochs"]))
+    optimizer = recipe.make_optimizer(model.parameters())
+    history, _ = recipe.fit(model, images, labels, seed=job.seed, optimizer=optimizer, val_data=val,
+                            progress=on_terminal,
+                            on_epoch=None if on_terminal else partial(print_epoch, f"{job.name} seed {job.seed}",
+                                                                       recipe.epochs),
+                            on_step=record_norm if recipe.sam_rho is not None else None)
     train_s = time.perf_counter() - start
-    probe = (images[: size["n_sharpness"]], labels[: size["n_sharpness"]])
-    metrics = evaluate_run(model, data["test"], probe, size["hessian_iters"])
-    evaluate_s = time.perf_counter() - start - train_s
+    L.save_checkpoint(job.weights_path, model, config=job.name, seed=job.seed, dataset=job.dataset,
+                      quick=job.quick, hyperparameters=recipe.as_dict())
+    record = {"config": job.name, "seed": job.seed, "dataset": job.dataset, "quick": job.quick,
+              "hyperparameters": recipe.as_dict(), "split_seed": L.SPLIT_SEED,
+              "sizes": {"train": len(images), "val": len(val[0]) if val else 0},
+              "history": history, "training_code": code_version(),
+              "seconds": {"train": train_s},
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+              "threads": torch.get_num_threads(),
+              "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                           "python": platform.python_version()}}
     if norms:
         values = torch.stack(norms).cpu()
-        metrics["perturbation_norm"] = {"mean": values.mean().item(), "min": values.min().item(),
-                                        "max": values.max().item(), "steps": len(values)}
-    if args.save_checkpoints:
-        folder = Path(args.out) / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / ".gitignore").write_text("*\n")
-        L.save_checkpoint(folder / f"{name}_seed{seed}.pt", model, optimizer, config=name, seed=seed,
-                          hyperparameters=hp)
-    return {"config": name, "seed": seed, "hyperparameters": hp, "split_seed": SPLIT_SEED,
-            "corruption_severities": {c: severity for c, (_, severity, _) in corruptions.CORRUPTIONS.items()},
-            "lenet_utils_sha256": LENET_UTILS_SHA256,
-            "quick": args.quick, "sizes": {"train": len(images), "val": len(val[0]) if val else 0,
-                                           "test": len(data["test"][0])},
-            "history": history, "metrics": metrics,
-            "seconds": {"train": train_s, "evaluate": evaluate_s},
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
-            "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                         "python": platform.python_version()}}
+        record["perturbation_norm"] = {"mean": values.mean().item(), "min": values.min().item(),
+                                       "max": values.max().item(), "steps": len(values)}
+    return record
 
 
-def finished(path: Path) -> dict | None:
-    """The run's record if its JSON exists and parses, else None."""
+def evaluate_one(job: Job, size: Size, record: dict) -> dict:
+    """The record with the metrics of the stored weights (computed from the weights file)."""
+    device = torch.device(job.device)
+    data = load_data(job.dataset, device, size)
+    model = L.LeNet5()
+    L.load_checkpoint(job.weights_path, model)
+    model.to(device)
+    start = time.perf_counter()
+    metrics = evaluation.evaluate_model(model, data["test"], data["probe"], size.evaluation,
+                                        normalization=(L.DATASETS[job.dataset].mean, L.DATASETS[job.dataset].std))
+    return {**record, "metrics": metrics, "evaluation": {"settings": size.evaluation.as_dict(),
+                                                         "code": code_version()},
+            "sizes": {**record["sizes"], "test": len(data["test"][0][: size.evaluation.n_test]),
+                      "probe": len(data["probe"][0])},
+            "seconds": {**record["seconds"], "evaluate": time.perf_counter() - start}}
+
+
+def run_job(job: Job, threads: int | None) -> str:
+    """Train and/or evaluate one pair, writing its record; return a one-line summary."""
+    if threads:
+        torch.set_num_threads(threads)
+    size = QUICK if job.quick else FULL
+    if job.reevaluate:
+        record = read_record(job.record_path)
+        if record is None:
+            raise FileNotFoundError(f"no record to re-evaluate at {job.record_path}")
+    else:
+        record = train_one(job, size)
+    if job.evaluate:
+        record = evaluate_one(job, size, record)
+    with L.atomic_write(job.record_path) as f:
+        json.dump(record, f, indent=1)
+    s, m = record["seconds"], record.get("metrics")
+    line = f"{job.name} seed {job.seed}: train {s['train']:.1f} s"
+    if m:
+        line += (f", eval {s['evaluate']:.1f} s | clean {m['clean']:.2f} %, pixel@0.6 {m['pixel']['0.6']:.2f} %, "
+                 f"corruptions {m['corruptions']['mean']:.2f} %, |lambda|_max {m['hessian']['eigenvalue']:.3g}")
+    if "perturbation_norm" in record:
+        line += f", ||e(w)|| {record['perturbation_norm']['mean']:.4f}"
+    return line
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def read_record(path: Path) -> dict | None:
+    """The record if its JSON exists and parses, else None."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
 
-def load_data(device: torch.device, size: dict) -> dict:
-    """Full training set, the seed-42 80/20 split (with val data) and the test set, cut to ``size``."""
-    images, labels = L.load_mnist(train=True, device=device)
-    tr_x, tr_y, va_x, va_y = L.train_val_split(images, labels, seed=SPLIT_SEED)
-    test_x, test_y = L.load_mnist(train=False, device=device)
-    n, n_val, n_test = size["n_train"], size["n_val"], size["n_test"]
-    return {"full": (images[:n], labels[:n], None),
-            "split": (tr_x[:n], tr_y[:n], (va_x[:n_val], va_y[:n_val])),
-            "test": (test_x[:n_test], test_y[:n_test])}
+def shard(text: str) -> tuple[int, int]:
+    """argparse type for ``K/N`` with 1 <= K <= N."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes K/N with integers 1 <= K <= N, got {text!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"--shard takes K/N with 1 <= K <= N, got {text!r}")
+    return k, n
 
 
-def main() -> None:
+def positive(text: str) -> int:
+    """argparse type for an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--dataset", choices=list(L.DATASETS), default="mnist")
+    parser.add_argument("--configs", nargs="+", choices=list(L.STUDY_RECIPES), default=list(L.STUDY_RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--device", default=str(L.default_device()))
-    parser.add_argument("--out", default="results/study")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--out", type=Path, help="records and weights (default results/study/DATASET)")
+    parser.add_argument("--jobs", type=positive, default=1, help="pairs run in parallel processes")
+    parser.add_argument("--shard", type=shard, default=(1, 1), metavar="K/N",
+                        help="run only every N-th pending pair, starting at the K-th (1-based)")
+    parser.add_argument("--threads", type=positive, help="torch.set_num_threads per process (default 1 "
+                        "with --jobs > 1, else torch's default)")
+    parser.add_argument("--reevaluate", action="store_true", help="recompute the metrics of stored weights")
+    parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
+                        help="train and keep the weights only; --reevaluate adds the metrics later")
     parser.add_argument("--quick", action="store_true", help="tiny smoke test; needs another --out")
-    parser.add_argument("--save-checkpoints", action="store_true", help="weights under OUT/checkpoints")
-    args = parser.parse_args()
-    if args.quick and Path(args.out).resolve() in (Path("results/study").resolve(), ROOT / "results" / "study"):
-        parser.error("--quick is a smoke test: give it another --out than results/study")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out, device, size = Path(args.out), torch.device(args.device), QUICK if args.quick else FULL
-    out.mkdir(parents=True, exist_ok=True)
-    runs = [(name, seed) for name in args.configs for seed in args.seeds]
-    for name, seed in runs:  # refuse to resume over records from another recipe or mode
-        old = finished(out / f"{name}_seed{seed}.json")
-        if old and (old.get("quick") != args.quick or old.get("seed") != seed
-                    or old.get("hyperparameters") != hyperparameters(name, size)):
-            sys.exit(f"{out / f'{name}_seed{seed}.json'} was written by another recipe or mode "
-                     "(quick/full); move it away or use another --out")
-    todo = [(name, seed) for name, seed in runs if finished(out / f"{name}_seed{seed}.json") is None]
-    print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished in {out}; "
-          f"{len(todo)} to do on {device}", flush=True)
-    data = load_data(device, size) if todo else {}
-    for i, (name, seed) in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] start {name} seed {seed}", flush=True)
-        record = run_one(name, seed, data, device, size, args)
-        with L.atomic_write(out / f"{name}_seed{seed}.json") as f:
-            json.dump(record, f, indent=1)
-        m, s = record["metrics"], record["seconds"]
-        extra = (f", ||e(w)|| {m['perturbation_norm']['mean']:.4f}" if "perturbation_norm" in m else "")
-        print(f"[{i}/{len(todo)}] done  {name} seed {seed}: train {s['train']:.1f} s, eval "
-              f"{s['evaluate']:.1f} s | clean {m['clean']:.2f} %, pixel@0.6 {m['pixel']['0.6']:.2f} %, "
-              f"corruptions {m['corruptions']['mean']:.2f} %, lambda_max "
-              f"{m['hessian']['eigenvalue']:.3g}{extra}", flush=True)
+    args = parser.parse_args(argv)
+    args.out = args.out or ROOT / "results" / "study" / args.dataset
+    if args.quick and args.out.resolve().is_relative_to((ROOT / "results" / "study").resolve()):
+        parser.error("--quick is a smoke test: give it an --out outside results/study")
+    if args.reevaluate and not args.evaluate:
+        parser.error("--reevaluate and --no-evaluate contradict each other")
+    if args.jobs > 1 and args.threads is None:
+        args.threads = 1
+    return args
+
+
+def plan(args: argparse.Namespace) -> list[Job]:
+    """This shard's pending jobs, seed-major (every configuration of seed 0 first)."""
+    size = QUICK if args.quick else FULL
+    jobs = [Job(name, seed, args.dataset, args.out, args.device, args.quick, args.evaluate, args.reevaluate)
+            for seed in args.seeds for name in args.configs]
+    pending = []
+    for job in jobs:
+        record = read_record(job.record_path)
+        done = record is not None and job.weights_path.is_file()
+        if record is not None and (record.get("quick") != args.quick or record.get("dataset") != args.dataset
+                                   or record.get("hyperparameters") != recipe_for(job.name, size).as_dict()):
+            sys.exit(f"{job.record_path} was written by another recipe, dataset or mode (quick/full); "
+                     "move it away or use another --out")
+        if args.reevaluate and done:
+            pending.append(job)
+        elif args.reevaluate:
+            print(f"skip {job.name} seed {job.seed}: no stored model in {args.out}", flush=True)
+        elif not done or (args.evaluate and "metrics" not in record):
+            pending.append(replace(job, reevaluate=done))  # trained but not evaluated: evaluate only
+    k, n = args.shard
+    return pending[k - 1::n]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = plan(args)
+    what = "to re-evaluate" if args.reevaluate else "to run"
+    print(f"{len(jobs)} pairs {what} in {args.out} on {args.device} (shard {args.shard[0]}/{args.shard[1]}, "
+          f"{args.jobs} jobs)", flush=True)
+    failed = []
+    if args.jobs == 1:
+        for i, job in enumerate(jobs, 1):
+            print(f"[{i}/{len(jobs)}] start {job.name} seed {job.seed}", flush=True)
+            try:
+                print(f"[{i}/{len(jobs)}] done  {run_job(job, args.threads)}", flush=True)
+            except Exception:
+                failed.append(job)
+                print(f"[{i}/{len(jobs)}] FAILED {job.name} seed {job.seed}:\n{traceback.format_exc()}", flush=True)
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the workers, before they import torch
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, job, args.threads): job for job in jobs}
+            for i, future in enumerate(as_completed(futures), 1):
+                job = futures[future]
+                try:
+                    print(f"[{i}/{len(jobs)}] done  {future.result()}", flush=True)
+                except Exception:
+                    failed.append(job)
+                    print(f"[{i}/{len(jobs)}] FAILED {job.name} seed {job.seed}:\n{traceback.format_exc()}",
+                          flush=True)
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} failed: " + ", ".join(f"{j.name} seed {j.seed}" for j in failed),
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """SAM optimizer and frozen_batchnorm_stats, checked against hand computations."""
 
+import warnings
 import copy
 import math
 
@@ -420,3 +421,31 @@ def test_load_state_dict_of_a_plain_optimizer_is_refused():
     sam = SAM(model.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="not a SAM state_dict"):
         sam.load_state_dict(plain.state_dict())
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_perturbation_norm_is_the_norm_of_the_step_first_step_takes(adaptive):
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    opt = SAM(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.3, adaptive=adaptive)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(4, 5)).pow(2).sum().backward()
+    opt.first_step()
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert opt.perturbation_norm.item() == pytest.approx(moved.norm().item(), rel=1e-5)
+    if not adaptive:
+        assert opt.perturbation_norm.item() == pytest.approx(0.3, rel=1e-5)
+
+
+def test_scheduler_attached_to_sam_steps_without_warning():
+    model = nn.Linear(2, 1)
+    opt = SAM(model.parameters(), torch.optim.SGD, lr=0.1)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, [1], 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.ones(1, 2)).sum().backward()
+        opt.first_step(zero_grad=True)
+        model(torch.ones(1, 2)).sum().backward()
+        opt.second_step(zero_grad=True)
+        scheduler.step()
+    assert opt.base_optimizer.param_groups[0]["lr"] == 0.05

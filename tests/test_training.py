@@ -1,12 +1,14 @@
 """train() and random_gaussian_noise on tiny data (a linear model keeps the CPU time small)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from conftest import reference_step
-from lenet_utils import SAM, LeNet5, evaluate, minibatch_indices, random_gaussian_noise, train
+from lenet_utils import ASAM, SAM, LeNet5, evaluate, minibatch_indices, random_gaussian_noise, train
 
 
 def linear_model(seed: int = 0) -> nn.Module:
@@ -131,7 +133,7 @@ def test_history_rows(tiny_digits, with_val):
         assert (history[-1]["val_loss"], history[-1]["val_acc"]) == evaluate(model, *val)
 
 
-def test_lr_schedule_milestones(tiny_digits):
+def test_scheduler_is_stepped_once_per_epoch_and_drives_every_group(tiny_digits):
     images, labels = tiny_digits[0][:8], tiny_digits[1][:8]
     model = linear_model()
     opt = SAM([{"params": [model[1].weight], "lr": 0.1}, {"params": [model[1].bias], "lr": 0.5}],
@@ -142,42 +144,60 @@ def test_lr_schedule_milestones(tiny_digits):
         used.append([group["lr"] for group in opt.base_optimizer.param_groups])
         return x
 
-    history = train(model, opt, images, labels, epochs=10, batch_size=8, lr_milestones=(0.3, 0.6, 0.8),
-                    lr_gamma=0.2, batch_transform=record, progress=False)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, [3, 6, 8], 0.2)
+    history = train(model, opt, images, labels, epochs=10, batch_size=8, scheduler=scheduler,
+                    batch_transform=record, progress=False)
     factors = [1, 1, 1, 0.2, 0.2, 0.2, 0.04, 0.04, 0.008, 0.008]
     assert [row["lr"] for row in history] == pytest.approx([0.1 * f for f in factors], rel=1e-12)
     assert used == [pytest.approx([0.1 * f, 0.5 * f], rel=1e-12) for f in factors]
 
 
-def test_lr_is_restored_so_a_second_call_starts_from_it(tiny_digits):
-    images, labels = tiny_digits[0][:8], tiny_digits[1][:8]
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")  # no optimizer steps here
+@pytest.mark.parametrize("epochs", [2, 80, 160])
+def test_recipe_schedule_gives_the_hand_written_schedules_lrs_exactly(epochs):
+    """MultiStepLR reproduces, bit for bit, the lr of the milestone schedule the study was first run
+    with: base_lr * gamma ** (number of milestones round(f * epochs) reached)."""
+    recipe = replace(ASAM, epochs=epochs)
+    optimizer = recipe.make_optimizer(linear_model().parameters())
+    scheduler = recipe.make_scheduler(optimizer)
+    milestones = [round(f * epochs) for f in recipe.lr_milestones]
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    assert lrs == [recipe.lr * recipe.lr_gamma ** sum(e >= m for m in milestones) for e in range(epochs)]
+
+
+@pytest.mark.parametrize("use_sam", [False, True])
+def test_training_split_over_calls_continues_exactly(tiny_digits, use_sam):
+    """Two calls sharing model, optimizer, scheduler and generator equal one call of both lengths."""
+    images, labels = tiny_digits
+
+    def run(splits):
+        torch.manual_seed(0)
+        model = linear_model()
+        opt = (SAM(model.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9, rho=0.1) if use_sam
+               else torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, [2], 0.1)
+        generator = torch.Generator().manual_seed(3)
+        history = []
+        for epochs in splits:
+            history += train(model, opt, images, labels, epochs=epochs, batch_size=16, scheduler=scheduler,
+                             seed=generator, progress=False)
+        return model, [(row["lr"], row["train_loss"]) for row in history]
+
+    (one, history_one), (two, history_two) = run([4]), run([2, 2])
+    assert history_one == history_two
+    assert all(torch.equal(a, b) for a, b in zip(one.parameters(), two.parameters()))
+
+
+def test_on_step_counts_every_optimizer_step(tiny_digits):
+    images, labels = tiny_digits
     model = linear_model()
-    opt = SAM([{"params": [model[1].weight], "lr": 0.1}, {"params": [model[1].bias], "lr": 0.5}],
-              torch.optim.SGD, lr=0.1)
-    schedule = dict(epochs=4, batch_size=8, lr_milestones=(0.5,), lr_gamma=0.1, progress=False)
-    first = train(model, opt, images, labels, **schedule)
-    assert [group["lr"] for group in opt.base_optimizer.param_groups] == [0.1, 0.5]
-    second = train(model, opt, images, labels, **schedule)
-    assert [row["lr"] for row in second] == [row["lr"] for row in first] == pytest.approx([0.1, 0.1, 0.01, 0.01])
-
-
-def test_lr_is_restored_when_training_fails(tiny_digits):
-    images, labels = tiny_digits[0][:8], tiny_digits[1][:8]
-    model = linear_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    epochs_seen = []
-
-    def fail_in_second_epoch(x, generator):
-        epochs_seen.append(opt.param_groups[0]["lr"])
-        if len(epochs_seen) == 2:
-            raise RuntimeError("boom")
-        return x
-
-    with pytest.raises(RuntimeError, match="boom"):
-        train(model, opt, images, labels, epochs=2, batch_size=8, lr_milestones=(0.5,), lr_gamma=0.1,
-              batch_transform=fail_in_second_epoch, progress=False)
-    assert epochs_seen == pytest.approx([0.1, 0.01])
-    assert opt.param_groups[0]["lr"] == 0.1
+    steps = []
+    train(model, torch.optim.SGD(model.parameters(), lr=0.1), images, labels, epochs=2, batch_size=30,
+          progress=False, on_step=steps.append)
+    assert steps == list(range(2 * 3))  # 80 images in batches of 30: 3 steps per epoch
 
 
 def test_on_epoch_sees_each_row_as_it_is_made(tiny_digits):
