@@ -258,7 +258,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="records and weights (default results/study/DATASET)")
     parser.add_argument("--jobs", type=positive, default=1, help="pairs run in parallel processes")
     parser.add_argument("--shard", type=shard, default=(1, 1), metavar="K/N",
-                        help="run only every N-th pending pair, starting at the K-th (1-based)")
+                        help="run only every N-th pair, starting at the K-th (1-based), if not finished")
     parser.add_argument("--threads", type=positive, help="torch.set_num_threads per process (default 1 "
                         "with --jobs > 1, else torch's default)")
     parser.add_argument("--reevaluate", action="store_true", help="recompute the metrics of stored weights")
@@ -277,10 +277,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
-    """This shard's pending jobs, seed-major (every configuration of seed 0 first)."""
+    """This shard's pending jobs, seed-major (every configuration of seed 0 first).
+
+    The shard takes every N-th of ALL the selected pairs, starting at the K-th, and then drops the
+    finished ones: a pair belongs to the same shard however far the others have got, so shards
+    sharing a folder, or merged later, neither overlap nor miss a pair."""
     size = QUICK if args.quick else FULL
+    k, n = args.shard
     jobs = [Job(name, seed, args.dataset, args.out, args.device, args.quick, args.evaluate, args.reevaluate)
-            for seed in args.seeds for name in args.configs]
+            for seed in args.seeds for name in args.configs][k - 1::n]
     pending = []
     for job in jobs:
         record = read_record(job.record_path)
@@ -295,8 +300,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
             print(f"skip {job.name} seed {job.seed}: no stored model in {args.out}", flush=True)
         elif not done or (args.evaluate and "metrics" not in record):
             pending.append(replace(job, reevaluate=done))  # trained but not evaluated: evaluate only
-    k, n = args.shard
-    return pending[k - 1::n]
+    return pending
 
 
 def main(argv: list[str] | None = None) -> int:
