@@ -87,17 +87,31 @@ class SAM(torch.optim.Optimizer):
     groups, each group using its own ``rho``/``adaptive``); ``second_step`` restores w and runs
     ``base_optimizer`` with the gradient taken at w + e(w). ``state_dict`` is the base optimizer's.
     After each ``first_step``, ``perturbation_norm`` holds ||e(w)||_2 as a tensor on the device.
+
+    ``max_grad_norm`` clips the gradient taken at w + e(w) (total 2-norm, as
+    ``torch.nn.utils.clip_grad_norm_``) before the base step. Clipping the first gradient would
+    change nothing: e(w) only uses its direction. Both steps take an optional ``torch.amp.GradScaler``
+    (see :meth:`first_step`); an lr scheduler attached to this object drives the base optimizer,
+    whose param groups it shares.
     """
 
     def __init__(self, params, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
-                 adaptive: bool = False, **kwargs) -> None:
+                 adaptive: bool = False, max_grad_norm: float | None = None, **kwargs) -> None:
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise TypeError(f"base_optimizer must be a torch.optim.Optimizer class, got {base_optimizer!r}")
+        if max_grad_norm is not None:
+            if isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, numbers.Real):
+                raise TypeError(f"max_grad_norm must be None or a real number, got {type(max_grad_norm).__name__}")
+            if not max_grad_norm > 0:
+                raise ValueError(f"max_grad_norm must be > 0 (None: no clipping), got {max_grad_norm}")
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
+        self.max_grad_norm = max_grad_norm
         self._weights_before_perturbation: list[tuple[list[Tensor], list[Tensor]]] | None = None
+        self._scaler: torch.amp.GradScaler | None = None  # the enabled scaler of the last first_step
+        self._first_found_inf: dict[torch.device, Tensor] = {}  # the scaler's inf/NaN flags of the first gradient
         self.perturbation_norm: Tensor | None = None  # ||e(w)||_2 of the last first_step, on the device
 
     def add_param_group(self, param_group: dict) -> None:
@@ -108,9 +122,27 @@ class SAM(torch.optim.Optimizer):
             raise ValueError(f"rho must be finite and >= 0, got {rho}")
         super().add_param_group(param_group)
 
+    @staticmethod
+    def _enabled(scaler: torch.amp.GradScaler | None) -> torch.amp.GradScaler | None:
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
-        """Move to the worst point w + e(w) of the rho-ball, remembering w."""
+    def first_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Move to the worst point w + e(w) of the rho-ball, remembering w.
+
+        With ``scaler`` (the one that scaled the loss) the gradients are unscaled first; if they
+        hold inf/NaN, nothing is perturbed and the ``second_step`` that follows skips the base
+        step. Pass the same scaler to ``second_step``, which also calls ``scaler.update()``."""
+        self._scaler = scaler = self._enabled(scaler)
+        if scaler is not None:
+            scaler.unscale_(self)  # its inf/NaN flags, kept under id(self), also reach scaler.update()
+            self._first_found_inf = scaler._found_inf_per_device(self)
+            for group in self.param_groups:  # on overflow, a zero gradient: zero perturbation, no host sync
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad.masked_fill_(self._first_found_inf[p.grad.device] > 0, 0.0)
         scale = 1.0 / self._grad_norm().clamp_min(1e-12)  # zero gradients -> zero perturbation
         self._weights_before_perturbation = []
         norms = []
@@ -131,14 +163,30 @@ class SAM(torch.optim.Optimizer):
             self.zero_grad()
 
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
-        """Restore w and take the base optimizer's step with the gradient computed at w + e(w)."""
+    def second_step(self, zero_grad: bool = False, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Restore w and take the base optimizer's step with the gradient computed at w + e(w)
+        (clipped to ``max_grad_norm`` if set). With ``scaler``: unscale that gradient, skip the
+        base step if either pass overflowed, then ``scaler.update()`` (do not call it yourself)."""
+        scaler = self._enabled(scaler)
         if self._weights_before_perturbation is None:
             raise RuntimeError("SAM.second_step() called without a preceding first_step()")
+        if scaler is not self._scaler:
+            raise ValueError("second_step() must get the same scaler as the first_step() before it (or neither one)")
         for params, saved in self._weights_before_perturbation:
             torch._foreach_copy_(params, saved)
         self._weights_before_perturbation = None
-        self.base_optimizer.step()
+        if scaler is not None:
+            scaler.unscale_(self.base_optimizer)
+            for device, found_inf in scaler._found_inf_per_device(self.base_optimizer).items():
+                found_inf += sum(f.to(device) for f in self._first_found_inf.values())  # skip on either pass
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for group in self.param_groups for p in group["params"]],
+                                           self.max_grad_norm)
+        if scaler is None:
+            self.base_optimizer.step()
+        else:
+            scaler.step(self.base_optimizer)
+            scaler.update()
         self._opt_called = True  # tells an attached torch.optim.lr_scheduler that this optimizer stepped
         if zero_grad:
             self.zero_grad()
@@ -313,6 +361,8 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, la
     optimizer, scheduler and generator continues exactly as one call would. ``progress`` shows a
     tqdm bar; ``on_epoch`` gets each history row as it is made (for logs where no bar is shown);
     ``on_step`` gets the 0-based step count of this call after every optimizer step.
+    ``autocast_dtype=torch.float16`` also scales the losses with a fresh ``torch.amp.GradScaler``
+    for the device (steps with inf/NaN gradients are skipped); bfloat16 needs no scaler.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
@@ -321,6 +371,10 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, la
     device = images.device
     generator = seed if isinstance(seed, torch.Generator) else torch.Generator(device=device).manual_seed(seed)
     autocast = torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+
+    def backward(loss: Tensor) -> None:
+        (loss if scaler is None else scaler.scale(loss)).backward()
 
     def loss_of(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         with autocast:
@@ -341,14 +395,18 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor, la
             if batch_transform is not None:
                 x = batch_transform(x, generator)
             loss, logits = loss_of(x, y)
-            loss.backward()
+            backward(loss)
             if isinstance(optimizer, SAM):
-                optimizer.first_step(zero_grad=True)
+                optimizer.first_step(zero_grad=True, scaler=scaler)
                 with frozen_batchnorm_stats(model):
-                    loss_of(x, y)[0].backward()
-                optimizer.second_step(zero_grad=True)
+                    backward(loss_of(x, y)[0])
+                optimizer.second_step(zero_grad=True, scaler=scaler)
             else:
-                optimizer.step()
+                if scaler is None:
+                    optimizer.step()
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
                 optimizer.zero_grad(set_to_none=True)
             if on_step is not None:
                 on_step(step)

@@ -449,3 +449,110 @@ def test_scheduler_attached_to_sam_steps_without_warning():
         opt.second_step(zero_grad=True)
         scheduler.step()
     assert opt.base_optimizer.param_groups[0]["lr"] == 0.05
+
+
+# ----------------------------------------------------------------------------- gradient clipping
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.05, 0.3])
+def test_max_grad_norm_clips_the_gradient_taken_at_the_perturbed_point(max_grad_norm):
+    rho, lr = 0.2, 0.1
+    params = {"a": param([0.5, -1.0, 2.0]), "b": param([[1.0, -0.5], [0.25, 2.0]])}
+    opt = SAM(list(params.values()), torch.optim.SGD, rho=rho, lr=lr, max_grad_norm=max_grad_norm)
+    w = {k: p.detach().clone() for k, p in params.items()}
+    for _ in range(3):
+        quadratic_loss(params).backward()
+        opt.first_step(zero_grad=True)
+        quadratic_loss(params).backward()
+        opt.second_step(zero_grad=True)
+
+        g = {k: QUAD_A[k] * w[k] + QUAD_B[k] for k in w}
+        norm = torch.sqrt(sum((g[k] ** 2).sum() for k in w))
+        g2 = {k: QUAD_A[k] * (w[k] + rho * g[k] / norm) + QUAD_B[k] for k in w}
+        norm2 = torch.sqrt(sum((g2[k] ** 2).sum() for k in w))
+        assert norm2 > max_grad_norm  # the clipping is active
+        w = {k: w[k] - lr * g2[k] * (max_grad_norm / (norm2 + 1e-6)) for k in w}  # clip_grad_norm_'s formula
+        for k, p in params.items():
+            torch.testing.assert_close(p.detach(), w[k], rtol=1e-12, atol=1e-12)
+
+
+def test_max_grad_norm_above_the_gradient_norm_changes_nothing():
+    model, x, y = make_problem()
+    twin = copy.deepcopy(model)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.2, momentum=0.9, max_grad_norm=1e6)
+    twin_opt = SAM(twin.parameters(), torch.optim.SGD, rho=0.1, lr=0.2, momentum=0.9)
+    for _ in range(2):
+        explicit_iteration(model, opt, x, y)
+        explicit_iteration(twin, twin_opt, x, y)
+    assert_bitwise_equal(weights(model.parameters()), weights(twin.parameters()))
+
+
+@pytest.mark.parametrize("max_grad_norm", [-1.0, 0.0, float("nan"), -float("inf")])
+def test_bad_max_grad_norm_raises_value_error(max_grad_norm):
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        SAM(nn.Linear(2, 1).parameters(), torch.optim.SGD, lr=0.1, max_grad_norm=max_grad_norm)
+
+
+@pytest.mark.parametrize("max_grad_norm", ["1.0", True, [1.0]])
+def test_non_numeric_max_grad_norm_raises_type_error(max_grad_norm):
+    with pytest.raises(TypeError, match="max_grad_norm"):
+        SAM(nn.Linear(2, 1).parameters(), torch.optim.SGD, lr=0.1, max_grad_norm=max_grad_norm)
+
+
+# ----------------------------------------------------------------------------- lr schedulers
+
+SCHEDULERS = {
+    "MultiStepLR": lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, [2, 4], 0.5),
+    "OneCycleLR": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[0.4, 0.2], total_steps=8),
+}
+
+
+def scheduled_sam(seed: int = 0, schedule: str = "MultiStepLR"):
+    model, _, _ = make_problem(seed)
+    opt = SAM([{"params": model[0].parameters(), "lr": 0.1}, {"params": model[2].parameters(), "lr": 0.05}],
+              torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
+    return model, opt, SCHEDULERS[schedule](opt)
+
+
+def run_scheduled(model, opt, scheduler, x, y, steps: int) -> list:
+    """``steps`` SAM steps, one scheduler step each; returns, per step, the scheduler's lrs and
+    the (lr, momentum) of every group as the base optimizer's step saw them."""
+    seen = []
+    hook = opt.base_optimizer.register_step_pre_hook(
+        lambda base, args, kwargs: seen.append([(g["lr"], g["momentum"]) for g in base.param_groups]))
+    expected = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+        for _ in range(steps):
+            expected.append(scheduler.get_last_lr())
+            explicit_iteration(model, opt, x, y)
+            scheduler.step()
+    hook.remove()
+    assert [[lr for lr, _ in groups] for groups in seen] == expected
+    return seen
+
+
+@pytest.mark.parametrize("schedule", SCHEDULERS)
+def test_scheduler_attached_to_sam_drives_the_base_optimizer(schedule):
+    model, opt, scheduler = scheduled_sam(schedule=schedule)
+    _, x, y = make_problem()
+    seen = run_scheduled(model, opt, scheduler, x, y, steps=6)
+    assert len({groups[0][0] for groups in seen}) > 2  # the lr really changes
+    if schedule == "OneCycleLR":  # it cycles momentum too, in the same shared param groups
+        assert len({groups[0][1] for groups in seen}) > 2
+
+
+@pytest.mark.parametrize("schedule", SCHEDULERS)
+def test_scheduler_and_sam_state_dicts_resume_exactly(schedule):
+    model, opt, scheduler = scheduled_sam(schedule=schedule)
+    _, x, y = make_problem()
+    run_scheduled(model, opt, scheduler, x, y, steps=3)
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict(), scheduler.state_dict()))
+    seen = run_scheduled(model, opt, scheduler, x, y, steps=4)
+
+    fresh, fresh_opt, fresh_scheduler = scheduled_sam(seed=99, schedule=schedule)
+    fresh.load_state_dict(saved[0])
+    fresh_opt.load_state_dict(saved[1])
+    fresh_scheduler.load_state_dict(saved[2])
+    assert run_scheduled(fresh, fresh_opt, fresh_scheduler, x, y, steps=4) == seen
+    assert_bitwise_equal(weights(fresh.parameters()), weights(model.parameters()))
