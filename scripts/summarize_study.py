@@ -1,17 +1,16 @@
-"""Summarize the LeNet-5 + SAM study: statistics per configuration, paired differences, figures.
+"""Summarize the LeNet-5 + SAM study as results/ANALYSIS_PLAN.md prescribes.
 
-Reads ``{study_dir}/*.json`` (written by run_study.py; any subset of configurations and seeds) and
-writes ``{out_dir}/study_summary.csv`` and ``.json`` and the figures ``study_noise_curves.png``,
-``study_corruptions.png``, ``study_sharpness_vs_robustness.png`` and ``study_loss_directions.png``.
-``--corruption-examples`` also draws ``corruption_examples.png`` (every corruption on 6 test
-digits; needs only MNIST, no runs). ``--readme README.md`` rewrites the part of that file between
-the markers ``<!-- study-results:begin -->`` and ``<!-- study-results:end -->`` with the Markdown
-tables of this summary, so the README's numbers are the ones this script computed.
+Reads the records of one dataset (``results/study/<dataset>/*.json``, written by run_study.py; any
+subset of configurations and seeds) and writes ``study_summary.json``, ``study_summary.csv`` and the
+figures into ``--out-dir`` (default ``results/summary/<dataset>``). ``--readme README.md`` rewrites
+the README's block between ``<!-- study-results:<dataset>:begin -->`` and ``...:end -->`` with the
+Markdown tables of this summary, so the README's numbers are the ones computed here.
 
-Statistics: n, mean, sample std (ddof=1) and the 95 % confidence interval of the mean,
-mean +- t_{0.975, n-1} std / sqrt(n). Paired differences (a - b over the seeds both have) get
-the same on the per-seed differences. With n = 1, std and CI are undefined: empty in the CSV,
-null in the JSON, and the ``note`` column says so.
+The plan's primary endpoints, contrasts, margins and seeds are the constants below (a test checks
+them against the plan). The plan's tests come from ``analysis.statistics``: paired t with Holm's
+adjustment within each family, the exact sign-flip test beside it, TOST for equivalence. Everything
+else is reported as exploratory: mean and 95 % t interval per configuration and per paired
+difference, without a test.
 """
 
 from __future__ import annotations
@@ -20,9 +19,7 @@ import argparse
 import csv
 import json
 import math
-import statistics
 import sys
-import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -30,58 +27,41 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import stats as scipy_stats  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 import lenet_utils as L  # noqa: E402
-from analysis import corruptions  # noqa: E402
+from analysis import corruptions, statistics  # noqa: E402
 
-ORDER = ("baseline", "adam-sam", "sgd", "asam", "sam-0.05", "sam-0.5", "noise-aug")
-PAIRS = (("asam", "sgd"), ("sam-0.05", "sgd"), ("sam-0.5", "sgd"), ("adam-sam", "baseline"),
-         ("noise-aug", "sgd"))
-HEADLINE = ("clean", "normalized_clean", "seed_0.6", "pixel_0.6", "pixel_clip_0.6",
-            "corruption_mean", "hessian_eigenvalue", "perturbation_norm")
-# t_{0.975, df} for df = 1..30, from the standard table (checked to 4 decimals against numerical
-# integration of the t density). Above 30 the Cornish-Fisher expansion below is accurate to 1e-4.
-T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010,
-        2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739,
-        2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
-NAN = float("nan")
-README_BEGIN, README_END = "<!-- study-results:begin -->", "<!-- study-results:end -->"
-REPORT_COLUMNS = {"clean": "clean", "normalized_clean": "normalized, no noise", "seed_0.6": "seed σ=0.6",
-                  "pixel_0.6": "pixel σ=0.6", "pixel_clip_0.6": "pixel σ=0.6, clipped",
-                  "corruption_mean": "corruptions (mean)", "hessian_eigenvalue": "λ_max (Hessian)"}
-NOTE = ("mean, std (ddof=1) and 95 % t confidence interval of the mean over seeds; paired: of the "
-        "per-seed differences config - reference over the seeds both have. n = 1: std and CI undefined "
-        "(null). Accuracies in %; hessian_eigenvalue: largest Hessian eigenvalue of the mean training "
-        "cross-entropy; perturbation_norm: mean ||e(w)||_2 of SAM/ASAM over the first epoch.")
+# ----------------------------------------------------------------------------- the plan (results/ANALYSIS_PLAN.md)
 
+PRIMARY_ENDPOINTS = {"pixel_0.6": 1.0, "mnist_c_mean": 1.0, "pgd_0.1": 2.0}  # endpoint -> equivalence margin
+CLEAN_MARGIN = 0.2
+PRIMARY_CONTRASTS = (("asam", "sgd"),)
+SECONDARY_CONTRASTS = (("sam-0.05", "sgd"), ("sam-0.5", "sgd"), ("adam-sam", "baseline"), ("asam", "sgd-2x"),
+                       ("asam", "swa"))
+MANIPULATION_CHECK = ("asam", "sgd", "hessian_eigenvalue")
+CONFIRMATORY_FIRST_SEED = 3  # seeds 0-2 informed the plan: they enter the sensitivity analysis only
+PLANNED_SEEDS = {"mnist": {"asam": 20, "sgd": 20, "*": 10}, "fashion-mnist": {"*": 5}}  # seeds 0..n-1
+ALPHA = 0.05
 
-def t_quantile_975(df: int) -> float:
-    """Two-sided 95 % quantile t_{0.975, df} of Student's t distribution."""
-    if df < 1:
-        raise ValueError(f"df must be >= 1, got {df}")
-    if df <= len(T975):
-        return T975[df - 1]
-    z = 1.959963984540054
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+# ----------------------------------------------------------------------------- exploratory
+
+ORDER = ("baseline", "adam-sam", "sgd", "sgd-2x", "swa", "asam", "sam-0.05", "sam-0.5", "noise-aug")
+EXPLORATORY_CONTRASTS = (*PRIMARY_CONTRASTS, *SECONDARY_CONTRASTS, ("noise-aug", "sgd"))
+REPORT_COLUMNS = {"clean": "clean", "pixel_0.6": "pixel σ=0.6", "mnist_c_mean": "MNIST-C mean",
+                  "extended_mean": "extended corruptions", "pgd_0.1": "PGD ε=0.1", "fgsm_0.1": "FGSM ε=0.1",
+                  "seed_0.6": "seed protocol σ=0.6", "hessian_eigenvalue": "λ_max (Hessian)",
+                  "hessian_trace": "Hessian trace", "slice_rise": "loss-slice rise"}
+SHARPNESS = ("hessian_eigenvalue", "hessian_trace", "slice_rise", "perturbation_norm")
 
 
-def describe(values: list[float]) -> dict:
-    """n, mean, std (ddof=1) and 95 % t confidence interval of the mean; NaN where undefined."""
-    n = len(values)
-    if n < 2:
-        return {"n": n, "mean": values[0] if n else NAN, "std": NAN, "ci_low": NAN, "ci_high": NAN,
-                "note": f"n={n}: std and CI undefined"}
-    mean, std = statistics.fmean(values), statistics.stdev(values)
-    half = t_quantile_975(n - 1) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "note": ""}
+def readme_markers(dataset: str) -> tuple[str, str]:
+    return f"<!-- study-results:{dataset}:begin -->", f"<!-- study-results:{dataset}:end -->"
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> dict:
-    """:func:`describe` of a[seed] - b[seed] over the seeds present in both."""
-    seeds = sorted(set(a) & set(b))
-    return {**describe([a[s] - b[s] for s in seeds]), "seeds": " ".join(map(str, seeds))}
+# ----------------------------------------------------------------------------- records
 
 
 def flat_metrics(record: dict) -> dict[str, float]:
@@ -91,141 +71,223 @@ def flat_metrics(record: dict) -> dict[str, float]:
     flat |= {f"seed_{s}": v for s, v in m["seed_protocol"].items()}
     flat |= {f"pixel_{s}": v for s, v in m["pixel"].items()}
     flat |= {f"pixel_clip_{s}": v for s, v in m["pixel_clip"].items()}
-    flat |= {f"corruption_{name}": v for name, v in m["corruptions"].items()}
+    flat |= {(k if k.endswith("_mean") else f"corruption_{k}"): v for k, v in m["corruptions"].items()}
+    flat |= {f"sweep_{name}": levels["mean"] for name, levels in m["corruption_sweep"].items()}
+    for attack in ("fgsm", "pgd"):
+        flat |= {f"{attack}_{eps}": v for eps, v in m["adversarial"][attack].items()}
     flat["hessian_eigenvalue"] = m["hessian"]["eigenvalue"]
-    if "perturbation_norm" in m:
-        flat["perturbation_norm"] = m["perturbation_norm"]["mean"]
+    flat["hessian_trace"] = m["hessian_trace"]["mean"]
+    flat["slice_rise"] = m["loss_directions"]["rise"]
+    if "perturbation_norm" in record:
+        flat["perturbation_norm"] = record["perturbation_norm"]["mean"]
     return flat
 
 
 def load_runs(study_dir: Path) -> dict[str, dict[int, dict]]:
-    """{config: {seed: record}}, configurations in study order (unknown ones last, sorted)."""
+    """{config: {seed: record}} of the evaluated records, configurations in study order."""
     runs: dict[str, dict[int, dict]] = {}
     for path in sorted(study_dir.glob("*.json")):
         record = json.loads(path.read_text())
+        if "metrics" not in record:
+            print(f"note: {path.name} is trained but not evaluated (run_study.py --reevaluate); left out")
+            continue
         runs.setdefault(record["config"], {})[record["seed"]] = record
     rank = lambda c: (ORDER.index(c), c) if c in ORDER else (len(ORDER), c)  # noqa: E731
     return {c: dict(sorted(runs[c].items())) for c in sorted(runs, key=rank)}
 
 
-def check_consistency(runs: dict[str, dict[int, dict]]) -> None:
-    """Warn when runs come from different lenet_utils versions or corruption severities."""
+def check_consistency(runs: dict[str, dict[int, dict]]) -> list[str]:
+    """Warnings when the records come from different evaluation code or settings."""
     records = [r for seeds in runs.values() for r in seeds.values()]
-    for key, what in (("lenet_utils_sha256", "versions of lenet_utils.py"),
-                      ("corruption_severities", "corruption severities (corruption metrics not comparable)")):
-        if len({json.dumps(r.get(key), sort_keys=True) for r in records}) > 1:
-            print(f"WARNING: the runs were made with different {what}")
+    warnings = []
+    for what, get in (("evaluation code (analysis/ and lenet_utils.py)", lambda r: r["evaluation"]["code"]),
+                      ("evaluation settings", lambda r: r["evaluation"]["settings"])):
+        if len({json.dumps({k: v for k, v in get(r).items() if k != "git_commit"}, sort_keys=True)
+                for r in records}) > 1:
+            warnings.append(f"the records were evaluated with different {what}: re-evaluate them")
+    return warnings
 
 
-def summarize(runs: dict[str, dict[int, dict]]) -> list[dict]:
-    """One row per (configuration, metric) and per (pair, metric)."""
-    flat = {c: {s: flat_metrics(r) for s, r in seeds.items()} for c, seeds in runs.items()}
+# ----------------------------------------------------------------------------- the plan's tests
+
+
+def planned_seeds(dataset: str, config: str) -> int:
+    plan = PLANNED_SEEDS.get(dataset, {"*": 0})
+    return plan.get(config, plan["*"])
+
+
+def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: bool) -> list[dict]:
+    """Every test of the plan: one row per (family, contrast, endpoint), Holm-adjusted within each family.
+
+    ``confirmatory`` keeps seeds >= CONFIRMATORY_FIRST_SEED (the plan's analysis); otherwise all
+    seeds (the sensitivity analysis)."""
+    first = CONFIRMATORY_FIRST_SEED if confirmatory else 0
+
+    def test(a: str, b: str, metric: str, margin: float | None, family: str) -> dict:
+        row = {"family": family, "contrast": f"{a} - {b}", "metric": metric, "margin": margin}
+        values = [{s: f[metric] for s, f in flat.get(c, {}).items() if s >= first and metric in f} for c in (a, b)]
+        common = sorted(set(values[0]) & set(values[1]))
+        planned = min(planned_seeds(dataset, a), planned_seeds(dataset, b)) - first
+        row["planned_n"] = planned
+        if len(common) < 2:
+            return {**row, "n": len(common), "verdict": "missing (fewer than 2 paired seeds)"}
+        result = statistics.paired_test(*values, margin=margin)
+        return {**row, **result, "interim": len(common) < planned}
+
     rows = []
-    for config, by_seed in flat.items():
-        for metric in dict.fromkeys(k for f in by_seed.values() for k in f):
-            values = {s: f[metric] for s, f in by_seed.items() if metric in f}
-            rows.append({"kind": "config", "config": config, "reference": "", "metric": metric,
-                         **describe(list(values.values())), "seeds": " ".join(map(str, values))})
-    for a, b in PAIRS:
-        if a in flat and b in flat and set(flat[a]) & set(flat[b]):
-            metrics = [k for k in next(iter(flat[a].values())) if k in next(iter(flat[b].values()))]
-            for metric in metrics:
-                a_values, b_values = ({s: f[metric] for s, f in flat[c].items() if metric in f} for c in (a, b))
-                rows.append({"kind": "paired", "config": a, "reference": b, "metric": metric,
-                             **paired(a_values, b_values)})
+    families = (("primary", PRIMARY_CONTRASTS, PRIMARY_ENDPOINTS), ("secondary", SECONDARY_CONTRASTS, PRIMARY_ENDPOINTS),
+                ("clean accuracy", PRIMARY_CONTRASTS, {"clean": CLEAN_MARGIN}),
+                ("manipulation check", (MANIPULATION_CHECK[:2],), {MANIPULATION_CHECK[2]: None}))
+    for family, contrasts, endpoints in families:
+        family_rows = [test(a, b, metric, margin, family) for a, b in contrasts for metric, margin in endpoints.items()]
+        tested = {i: r["p"] for i, r in enumerate(family_rows) if "p" in r}
+        adjusted = statistics.holm({str(i): p for i, p in tested.items()}) if tested else {}
+        for i, r in enumerate(family_rows):
+            if "p" in r:
+                if family in ("primary", "secondary"):
+                    r["p_holm"] = adjusted[str(i)]
+                r["verdict"] = statistics.verdict(r, alpha=ALPHA)
+        rows += family_rows
     return rows
 
 
-def write_tables(rows: list[dict], out_dir: Path, quick: bool) -> None:
-    """study_summary.csv (NaN as empty cells) and study_summary.json (NaN as null)."""
-    clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
-    with L.atomic_write(out_dir / "study_summary.csv", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: "" if clean(v) is None else v for k, v in row.items()} for row in rows)
-    summary = {"note": NOTE, "quick_runs": quick, "configs": {}, "paired": {}}
-    for row in rows:
-        key = row["config"] if row["kind"] == "config" else f"{row['config']} - {row['reference']}"
-        stats = {k: clean(v) for k, v in row.items() if k not in ("kind", "config", "reference", "metric")}
-        summary["configs" if row["kind"] == "config" else "paired"].setdefault(key, {})[row["metric"]] = stats
-    with L.atomic_write(out_dir / "study_summary.json") as f:
-        json.dump(summary, f, indent=1)
+# ----------------------------------------------------------------------------- exploratory statistics
 
 
-def print_table(rows: list[dict]) -> None:
-    """The headline metrics as plain text: mean +- CI half-width (n), then paired differences."""
-    cell = lambda r: (f"{r['mean']:.4g}" if math.isnan(r["ci_low"])  # noqa: E731
-                      else f"{r['mean']:.4g} ± {r['ci_high'] - r['mean']:.2g}")
-    width = {m: max(len(m), 15) + 1 for m in HEADLINE}
-    for kind, title in (("config", "configuration"), ("paired", "paired difference")):
-        table = {}
-        for r in rows:
-            if r["kind"] == kind and r["metric"] in HEADLINE:
-                name = r["config"] + (f" - {r['reference']}" if kind == "paired" else "")
-                table.setdefault(name, {"n": str(r["n"])})[r["metric"]] = cell(r)
-        if table:
-            print(f"\n{title:<20}{'n':>2}" + "".join(f"{m:>{width[m]}}" for m in HEADLINE))
-            for name, cells in table.items():
-                print(f"{name:<20}{cells['n']:>2}" + "".join(f"{cells.get(m, '-'):>{width[m]}}" for m in HEADLINE))
-    print("\nmean ± 95 % CI half-width (t, ddof=1); a bare mean where n = 1 (CI undefined). Accuracies "
-          "in %; hessian_eigenvalue of the mean training cross-entropy; perturbation_norm ||e(w)||_2.")
+def exploratory(flat: dict[str, dict[int, dict]]) -> tuple[dict, dict]:
+    """Mean and 95 % t interval of every metric per configuration, and of the paired differences of
+    the study's contrasts (no tests: exploratory)."""
+    configs = {c: {m: {**statistics.describe([f[m] for f in seeds.values() if m in f]),
+                       "seeds": [s for s, f in seeds.items() if m in f]}
+                   for m in dict.fromkeys(k for f in seeds.values() for k in f)}
+               for c, seeds in flat.items()}
+    paired = {}
+    for a, b in EXPLORATORY_CONTRASTS:
+        if a in flat and b in flat:
+            common = sorted(set(flat[a]) & set(flat[b]))
+            metrics = [m for m in configs[a] if m in configs[b]]
+            paired[f"{a} - {b}"] = {m: {**statistics.describe([flat[a][s][m] - flat[b][s][m] for s in common]),
+                                        "seeds": common} for m in metrics if common}
+    return configs, paired
 
 
-def markdown_report(rows: list[dict], runs: dict[str, dict[int, dict]]) -> str:
-    """Markdown: which runs finished, the headline metrics per configuration and per pair
-    (mean [95 % CI]), and the paired differences under each corruption."""
-    stats: dict[tuple[str, str], dict[str, dict]] = {}
+# ----------------------------------------------------------------------------- tables
+
+
+def number(value: float | None, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{spec}}"
+
+
+def interval(stats: dict | None, signed: bool = False, digits: int = 2) -> str:
+    """``mean [low, high]`` (just the mean where the interval is undefined)."""
+    if not stats or stats.get("n", 0) == 0:
+        return "-"
+    spec = ("+" if signed else "") + f".{digits}f"
+    ci = "" if math.isnan(stats["ci_low"]) else f" [{stats['ci_low']:{spec}}, {stats['ci_high']:{spec}}]"
+    return f"{stats['mean']:{spec}}{ci}"
+
+
+def p_value(p: float | None) -> str:
+    return "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def plan_table(rows: list[dict]) -> str:
+    header = ["family", "contrast", "endpoint", "n (planned)", "mean difference [95 % CI]", "p (t)", "p (Holm)",
+              "p (sign-flip)", "TOST p (margin)", "verdict"]
+    body = []
     for r in rows:
-        name = r["config"] + (f" - {r['reference']}" if r["kind"] == "paired" else "")
-        stats.setdefault((r["kind"], name), {})[r["metric"]] = r
+        digits = 3 if r["metric"] in SHARPNESS else 2
+        tost = "-" if r.get("margin") is None or "p_equivalence" not in r else \
+            f"{p_value(r['p_equivalence'])} (±{r['margin']:g})"
+        verdict = r["verdict"] + (" (interim)" if r.get("interim") else "")
+        body.append([r["family"], r["contrast"], r["metric"], f"{r['n']} ({r['planned_n']})",
+                     interval(r, signed=True, digits=digits) if "p" in r else "-", p_value(r.get("p")),
+                     p_value(r.get("p_holm")), p_value(r.get("p_nonparametric")), tost, verdict])
+    return L.markdown_table(header, body)
 
-    def cell(r: dict | None, signed: bool) -> str:
-        if r is None:
-            return "-"
-        spec = ("+" if signed else "") + (".3f" if r["metric"] == "hessian_eigenvalue" else ".2f")
-        ci = "" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:{spec}}, {r['ci_high']:{spec}}]"
-        return f"{r['mean']:{spec}}{ci}"
 
-    def table(first: str, names: list[str], kind: str, metrics: dict[str, str]) -> list[str]:
-        rows = [[name, stats[(kind, name)]["clean"]["n"],
-                 *(cell(stats[(kind, name)].get(m), kind == "paired") for m in metrics)] for name in names]
-        return [L.markdown_table([first, "n", *metrics.values()], rows)]
-
-    finished = "; ".join(f"{c}: seed{'s' if len(s) > 1 else ''} {' '.join(map(str, s))}" for c, s in runs.items())
-    missing = [c for c in ORDER if c not in runs]
-    lines = [f"Finished runs ({sum(map(len, runs.values()))}): {finished}."
-             + (f" No runs yet: {', '.join(missing)}." if missing else ""), ""]
-    lines += table("configuration", list(runs), "config", REPORT_COLUMNS) + [""]
-    pairs = [name for kind, name in stats if kind == "paired"]
-    if pairs:
-        lines += table("paired difference", pairs, "paired", REPORT_COLUMNS) + [""]
-        corruptions = [m for m in stats[("paired", pairs[0])]
-                       if m.startswith("corruption_") and m != "corruption_mean"]
-        header = ["corruption", *(f"{p} (n={stats[('paired', p)]['clean']['n']})" for p in pairs)]
-        rows = [[m.removeprefix("corruption_").replace("_", " "),
-                 *(cell(stats[("paired", p)].get(m), True) for p in pairs)] for m in corruptions]
-        lines += [L.markdown_table(header, rows), ""]
-    lines.append("Accuracies in %, mean over seeds with the 95 % t confidence interval in brackets (none where "
-                 "n = 1); paired rows are the per-seed differences over the seeds both configurations have. "
-                 "Written by `scripts/summarize_study.py --readme README.md` from `results/study/*.json`.")
+def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitivity: list[dict],
+                    configs: dict, paired: dict) -> str:
+    """The README block: runs, the plan's results (confirmatory, then sensitivity), and the
+    exploratory tables."""
+    finished = "; ".join(f"{c}: {len(s)} (seeds {min(s)}-{max(s)})" for c, s in runs.items())
+    lines = [f"Evaluated runs on {dataset} ({sum(map(len, runs.values()))}): {finished}.", ""]
+    lines += ["**The plan's tests, confirmatory seeds (>= 3)** (results/ANALYSIS_PLAN.md):", ""]
+    if any("p" in r for r in confirmatory):
+        lines += [plan_table(confirmatory), ""]
+    else:
+        lines += ["No confirmatory runs yet: every test needs at least two paired seeds >= 3.", ""]
+    lines += ["**Sensitivity analysis, all seeds** (includes seeds 0-2, which informed the plan; "
+              "\"(interim)\": fewer seeds than planned, not the study's answer):", "",
+              plan_table(sensitivity), ""]
+    lines += ["**Exploratory: mean [95 % t CI] per configuration** (accuracies in %):", ""]
+    body = [[c, len(runs[c]), *(interval(configs[c].get(m), digits=3 if m in SHARPNESS else 2)
+                                 for m in REPORT_COLUMNS)] for c in configs]
+    lines += [L.markdown_table(["configuration", "n", *REPORT_COLUMNS.values()], body), ""]
+    if paired:
+        lines += ["**Exploratory: paired differences, mean [95 % t CI]** (no test; the plan's tests are above):", ""]
+        body = [[p, next(iter(v.values()))["n"], *(interval(v.get(m), True, 3 if m in SHARPNESS else 2)
+                                                   for m in REPORT_COLUMNS)] for p, v in paired.items()]
+        lines += [L.markdown_table(["paired difference", "n", *REPORT_COLUMNS.values()], body), ""]
+        names = [n for n in {**corruptions.CORRUPTIONS, **corruptions.EXTENDED_CORRUPTIONS}
+                 if f"corruption_{n}" in next(iter(paired.values()))]
+        header = ["corruption (benchmark severity)", *(f"{p} (n={next(iter(v.values()))['n']})"
+                                                      for p, v in paired.items())]
+        body = [[n.replace("_", " ") + ("" if n in corruptions.CORRUPTIONS else " (extended)"),
+                 *(interval(v.get(f"corruption_{n}"), True) for v in paired.values())] for n in names]
+        lines += ["**Exploratory: paired differences under each corruption:**", "", L.markdown_table(header, body), ""]
+    lines.append(f"Written by `scripts/summarize_study.py --dataset {dataset} --readme README.md` from "
+                 f"`results/study/{dataset}/*.json`.")
     return "\n".join(lines)
 
 
-def splice_into_readme(path: Path, report: str) -> None:
-    """Replace the text between README_BEGIN and README_END in ``path`` with ``report``."""
+def splice_into_readme(path: Path, report: str, dataset: str) -> None:
+    """Replace the text between the dataset's two markers in ``path`` with ``report``."""
+    begin_marker, end_marker = readme_markers(dataset)
     text = path.read_text()
-    begin, end = text.find(README_BEGIN), text.find(README_END)
-    if begin < 0 or end < begin or text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
-        raise ValueError(f"{path} needs exactly one line {README_BEGIN!r} followed later by exactly one "
-                         f"line {README_END!r}; the summary goes between them")
+    begin, end = text.find(begin_marker), text.find(end_marker)
+    if begin < 0 or end < begin or text.count(begin_marker) != 1 or text.count(end_marker) != 1:
+        raise ValueError(f"{path} needs exactly one line {begin_marker!r} followed later by exactly one "
+                         f"line {end_marker!r}; the summary goes between them")
     with L.atomic_write(path) as f:
-        f.write(text[:begin + len(README_BEGIN)] + "\n\n" + report + "\n\n" + text[end:])
+        f.write(text[:begin + len(begin_marker)] + "\n\n" + report + "\n\n" + text[end:])
+
+
+def write_tables(out_dir: Path, summary: dict) -> None:
+    """study_summary.json (NaN as null) and study_summary.csv (one row per statistic)."""
+    def clean(value):
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    with L.atomic_write(out_dir / "study_summary.json") as f:
+        json.dump(clean(summary), f, indent=1)
+    rows = [{"analysis": analysis, **{k: v for k, v in r.items() if k != "seeds"}}
+            for analysis in ("confirmatory", "sensitivity") for r in summary[analysis]]
+    rows += [{"analysis": "exploratory", "family": "configuration", "contrast": c, "metric": m,
+              **{k: v for k, v in s.items() if k != "seeds"}}
+             for c, metrics in summary["configurations"].items() for m, s in metrics.items()]
+    rows += [{"analysis": "exploratory", "family": "paired difference", "contrast": p, "metric": m,
+              **{k: v for k, v in s.items() if k != "seeds"}}
+             for p, metrics in summary["paired"].items() for m, s in metrics.items()]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with L.atomic_write(out_dir / "study_summary.csv", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: "" if clean(r.get(k)) is None else r.get(k) for k in fields} for r in rows)
+
+
+# ----------------------------------------------------------------------------- figures
 
 
 def save(fig: plt.Figure, path: Path) -> None:
     """Write ``fig`` as PNG with :func:`lenet_utils.atomic_write` and close it."""
     with L.atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
 
 
@@ -235,68 +297,76 @@ def colours(runs: dict) -> dict[str, tuple]:
     return {c: palette[(ORDER.index(c) if c in ORDER else len(ORDER) + i) % 10] for i, c in enumerate(runs)}
 
 
-def plot_noise_curves(runs: dict, path: Path, tag: str) -> None:
-    """Pixel-protocol accuracy vs sigma (without / with clipping): mean and band per configuration."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True, layout="constrained")
+def mean_and_band(ax, x: list[float], curves: np.ndarray, colour, label: str) -> None:
+    """Mean curve with its 95 % t interval as a band (n >= 2)."""
+    ax.plot(x, curves.mean(0), marker="o", ms=3, color=colour, label=label)
+    if len(curves) >= 2:
+        bands = [statistics.describe(list(column)) for column in curves.T]
+        ax.fill_between(x, [b["ci_low"] for b in bands], [b["ci_high"] for b in bands], color=colour, alpha=0.2)
+
+
+def plot_curves(runs: dict, path: Path, title: str, panels: list[tuple[str, str, callable]]) -> None:
+    """One panel per (title, x label, record -> {x: accuracy}), mean and band per configuration."""
+    ncols = min(len(panels), 6)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols + 1, 2.9 * nrows + 1), sharey=True,
+                             squeeze=False, layout="constrained")
     colour = colours(runs)
-    for ax, key, title in zip(axes, ("pixel", "pixel_clip"), ("no clipping", "clipped to [0, 1]")):
+    for ax, (panel, xlabel, get) in zip(axes.flat, panels):
         for config, seeds in runs.items():
-            curves = [r["metrics"][key] for r in seeds.values()]
-            sigmas = sorted(curves[0], key=float)
-            acc = np.array([[c[s] for s in sigmas] for c in curves])
-            x = [float(s) for s in sigmas]
-            ax.plot(x, acc.mean(0), marker="o", ms=3, color=colour[config], label=f"{config} (n={len(acc)})")
-            if len(acc) >= 3:
-                stats = [describe(list(col)) for col in acc.T]
-                ax.fill_between(x, np.clip([s["ci_low"] for s in stats], 0, None),
-                                np.clip([s["ci_high"] for s in stats], None, 100), color=colour[config], alpha=0.2)
-            elif len(acc) == 2:
-                ax.fill_between(x, acc.min(0), acc.max(0), color=colour[config], alpha=0.2)
-        ax.set(title=f"Gaussian pixel noise, {title}", xlabel="noise σ (pixels in [0, 1])")
+            curves = [get(r) for r in seeds.values()]
+            keys = list(curves[0])
+            mean_and_band(ax, [float(k) for k in keys], np.array([[c[k] for k in keys] for c in curves]),
+                          colour[config], f"{config} (n={len(curves)})")
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(runs), 7))
-    fig.suptitle("Accuracy vs pixel-noise σ: mean over seeds; band = 95 % CI (n ≥ 3, clipped to 0–100) "
-                 "or min–max (n = 2)" + tag)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy (%)")
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(runs), 9))
+    fig.suptitle(title + "\nmean over seeds; band: 95 % t interval of the mean")
     save(fig, path)
 
 
-def plot_corruptions(runs: dict, path: Path, tag: str) -> None:
-    """Heat map configuration x corruption of the mean accuracy, numbers in the cells."""
-    names = list(next(iter(next(iter(runs.values())).values()))["metrics"]["corruptions"])
-    grid = np.array([[np.mean([r["metrics"]["corruptions"][n] for r in seeds.values()]) for n in names]
-                     for seeds in runs.values()])
-    fig, ax = plt.subplots(figsize=(0.75 * len(names) + 3, 0.55 * len(runs) + 2.2), layout="tight")
-    image = ax.imshow(grid, cmap="viridis", aspect="auto")
-    for (i, j), v in np.ndenumerate(grid):
-        dark = v < grid.min() + 0.6 * (grid.max() - grid.min())
-        ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=9, color="white" if dark else "black")
-    ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=40, ha="right")
-    ax.set_yticks(range(len(runs)), [f"{c} (n={len(s)})" for c, s in runs.items()])
-    fig.colorbar(image, ax=ax, label="test accuracy (%)")
-    ax.set_title(f"Mean accuracy under each corruption at its default severity{tag}")
-    save(fig, path)
-
-
-def plot_sharpness(runs: dict, path: Path, tag: str) -> None:
-    """Hessian max eigenvalue (log x) vs noise and corruption accuracy, one point per run."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), layout="tight")
+def plot_sharpness(runs: dict, flat: dict, path: Path, tag: str) -> None:
+    """λ_max and Hessian trace vs each primary endpoint, one dot per run, Spearman's rho over all runs."""
+    measures = (("hessian_eigenvalue", "λ_max (Hessian)"), ("hessian_trace", "Hessian trace"))
+    fig, axes = plt.subplots(len(measures), len(PRIMARY_ENDPOINTS), figsize=(14, 8.5), squeeze=False,
+                             layout="constrained")
     colour = colours(runs)
-    for config, seeds in runs.items():
-        if any(r["metrics"]["hessian"]["eigenvalue"] <= 0 for r in seeds.values()):
-            print(f"note: non-positive Hessian eigenvalue(s) of {config} left off the log axis")
-    for ax, ylabel, key in zip(axes, ("accuracy, pixel noise σ = 0.6, no clip (%)",
-                                      "mean corruption accuracy (%)"), (("pixel", "0.6"), ("corruptions", "mean"))):
-        for config, seeds in runs.items():
-            points = [(r["metrics"]["hessian"]["eigenvalue"], r["metrics"][key[0]][key[1]])
-                      for r in seeds.values()]
-            kept = [p for p in points if p[0] > 0]
-            if kept:
-                ax.scatter(*zip(*kept), color=colour[config], label=config, s=40, alpha=0.8)
-        ax.set(xscale="log", xlabel="Hessian max eigenvalue (training loss, log scale)", ylabel=ylabel)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend()
-    fig.suptitle(f"Sharpness vs robustness: one point per run{tag}")
+    for row, (measure, label) in enumerate(measures):
+        for col, endpoint in enumerate(PRIMARY_ENDPOINTS):
+            ax = axes[row, col]
+            xs, ys = [], []
+            for config, seeds in flat.items():
+                points = [(f[measure], f[endpoint]) for f in seeds.values()]
+                ax.scatter(*zip(*points), color=colour[config], s=22, alpha=0.8, label=config)
+                xs += [p[0] for p in points]
+                ys += [p[1] for p in points]
+            rho, p = scipy_stats.spearmanr(xs, ys) if len(xs) > 2 else (math.nan, math.nan)
+            ax.set(xlabel=label, ylabel=f"{endpoint} (%)", title=f"Spearman ρ = {rho:+.2f} (p = {p_value(p)}, "
+                   f"{len(xs)} runs)")
+            ax.grid(alpha=0.3)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(runs), 9))
+    fig.suptitle(f"Sharpness vs robustness, one dot per run (exploratory){tag}")
+    save(fig, path)
+
+
+def plot_seed_spread(flat: dict, path: Path, tag: str) -> None:
+    """Every seed a dot, per configuration, for the primary endpoints: the seed lottery."""
+    fig, axes = plt.subplots(1, len(PRIMARY_ENDPOINTS), figsize=(15, 4.8), layout="constrained")
+    generator = np.random.default_rng(0)  # horizontal jitter only
+    for ax, endpoint in zip(axes, PRIMARY_ENDPOINTS):
+        for i, (config, seeds) in enumerate(flat.items()):
+            values = [f[endpoint] for f in seeds.values()]
+            ax.scatter(i + generator.uniform(-0.15, 0.15, len(values)), values, s=16, alpha=0.7)
+            ax.hlines(np.mean(values), i - 0.3, i + 0.3, color="black")
+        ax.set_xticks(range(len(flat)), list(flat), rotation=35, ha="right")
+        ax.set(ylabel="accuracy (%)", title=endpoint)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Primary endpoints: every seed a dot, bar = mean{tag}")
     save(fig, path)
 
 
@@ -308,70 +378,65 @@ def plot_loss_directions(runs: dict, path: Path, tag: str) -> None:
         curves = np.array([c for d in directions for c in d["losses"]])
         ax.plot(directions[0]["alphas"], curves.mean(0), color=colours(runs)[config],
                 label=f"{config} ({len(curves)} curves)")
-    n_images = next(iter(next(iter(runs.values())).values()))["metrics"]["loss_directions"]["n_images"]
+    n_probe = next(iter(next(iter(runs.values())).values()))["sizes"]["probe"]
     ax.set(yscale="log", xlabel="α (weights w + α·d, d a filter-normalized random direction)",
-           ylabel=f"cross-entropy on {n_images:,} training images (log)",
-           title=f"Loss along random filter-normalized directions, mean over directions and seeds{tag}")
+           ylabel=f"cross-entropy on the {n_probe:,} probe images (log)",
+           title=f"Loss along filter-normalized directions, mean over directions and seeds{tag}")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     save(fig, path)
 
 
-def corruption_examples(path: Path) -> None:
-    """Every corruption (seed 0, default severity) on the first 6 test digits of distinct classes."""
-    images, labels = L.load_mnist(train=False)
-    first = {}
-    for i, label in enumerate(labels.tolist()):
-        first.setdefault(label, i)
-        if len(first) == 6:
-            break
-    x = images[list(first.values())]
-    rows = [("clean", x, "")] + [
-        (name, corruptions.corrupt(x, name, seed=0), f"{severity:g}: " + unit.replace("; identity at 0", ""))
-        for name, (_, severity, unit) in corruptions.CORRUPTIONS.items()]
-    fig, axes = plt.subplots(len(rows), len(x), figsize=(9, 1.15 * len(rows)), layout="constrained")
-    for r, (name, batch, label) in enumerate(rows):
-        for c, ax in enumerate(axes[r]):
-            ax.imshow(batch[c, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"label {list(first)[c]}", fontsize=9)
-        axes[r, 0].set_ylabel(f"{name}\n" + textwrap.fill(label, 30), rotation=0, ha="right",
-                              va="center", fontsize=8)
-    fig.suptitle("MNIST corruptions at the suite's default severity (severity: unit), seed 0", fontsize=11)
-    save(fig, path)
+def figures(runs: dict, flat: dict, out_dir: Path, tag: str) -> None:
+    plot_curves(runs, out_dir / "noise_curves.png", "Accuracy vs Gaussian pixel noise" + tag,
+                [("no clipping", "σ", lambda r: r["metrics"]["pixel"]),
+                 ("clipped to [0, 1]", "σ", lambda r: r["metrics"]["pixel_clip"])])
+    names = list(next(iter(next(iter(runs.values())).values()))["metrics"]["corruption_sweep"])
+    plot_curves(runs, out_dir / "corruption_severity.png", "Accuracy vs corruption severity (1-5)" + tag,
+                [(n + ("" if n in corruptions.CORRUPTIONS else " (ext.)"), "severity",
+                  lambda r, n=n: {k: v for k, v in r["metrics"]["corruption_sweep"][n].items() if k != "mean"})
+                 for n in names])
+    plot_curves(runs, out_dir / "adversarial.png", "Accuracy under attack (L∞, pixels in [0, 1])" + tag,
+                [(attack.upper(), "ε", lambda r, a=attack: r["metrics"]["adversarial"][a]) for attack in ("fgsm", "pgd")])
+    plot_sharpness(runs, flat, out_dir / "sharpness_vs_robustness.png", tag)
+    plot_seed_spread(flat, out_dir / "seed_spread.png", tag)
+    plot_loss_directions(runs, out_dir / "loss_directions.png", tag)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--study-dir", type=Path, default=Path("results/study"))
-    parser.add_argument("--out-dir", type=Path, default=Path("results"))
-    parser.add_argument("--corruption-examples", action="store_true", help="also draw corruption_examples.png")
-    parser.add_argument("--readme", type=Path, help="rewrite this file's study-results block with the tables")
-    args = parser.parse_args()
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    if args.corruption_examples:
-        corruption_examples(args.out_dir / "corruption_examples.png")
-    runs = load_runs(args.study_dir) if args.study_dir.is_dir() else {}
+    parser.add_argument("--dataset", choices=list(L.DATASETS), default="mnist")
+    parser.add_argument("--study-dir", type=Path, help="records (default results/study/DATASET)")
+    parser.add_argument("--out-dir", type=Path, help="summary and figures (default results/summary/DATASET)")
+    parser.add_argument("--readme", type=Path, help="rewrite this file's study-results block for the dataset")
+    args = parser.parse_args(argv)
+    study_dir = args.study_dir or ROOT / "results" / "study" / args.dataset
+    out_dir = args.out_dir or ROOT / "results" / "summary" / args.dataset
+    runs = load_runs(study_dir) if study_dir.is_dir() else {}
     if not runs:
-        sys.exit(0 if args.corruption_examples else f"no run JSON files in {args.study_dir}")
+        sys.exit(f"no evaluated run records in {study_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     quick = any(r.get("quick") for seeds in runs.values() for r in seeds.values())
     tag = "\n[QUICK smoke-test runs: not results]" if quick else ""
-    if quick:
-        print(f"WARNING: QUICK smoke-test runs in {args.study_dir}: these numbers are not results")
-    check_consistency(runs)
-    rows = summarize(runs)
-    write_tables(rows, args.out_dir, quick)
-    print_table(rows)
+    warnings = check_consistency(runs) + (["QUICK smoke-test runs: these numbers are not results"] if quick else [])
+    for warning in warnings:
+        print(f"WARNING: {warning}")
+    flat = {c: {s: flat_metrics(r) for s, r in seeds.items()} for c, seeds in runs.items()}
+    confirmatory, sensitivity = (plan_results(flat, args.dataset, confirmatory=c) for c in (True, False))
+    configs, paired = exploratory(flat)
+    summary = {"dataset": args.dataset, "quick_runs": quick, "warnings": warnings,
+               "runs": {c: list(s) for c, s in runs.items()}, "confirmatory": confirmatory,
+               "sensitivity": sensitivity, "configurations": configs, "paired": paired}
+    write_tables(out_dir, summary)
+    report = markdown_report(args.dataset, runs, confirmatory, sensitivity, configs, paired)
+    print(report)
     if args.readme:
         if quick:
             sys.exit(f"refusing to write QUICK smoke-test numbers into {args.readme}")
-        splice_into_readme(args.readme, markdown_report(rows, runs))
-        print(f"\nrewrote the study-results block of {args.readme}")
-    for name, plot in (("noise_curves", plot_noise_curves), ("corruptions", plot_corruptions),
-                       ("sharpness_vs_robustness", plot_sharpness), ("loss_directions", plot_loss_directions)):
-        plot(runs, args.out_dir / f"study_{name}.png", tag)
-    print(f"\nwrote {args.out_dir}/study_summary.csv, study_summary.json and study_*.png "
+        splice_into_readme(args.readme, report, args.dataset)
+        print(f"\nrewrote the {args.dataset} study-results block of {args.readme}")
+    figures(runs, flat, out_dir, tag)
+    print(f"\nwrote {out_dir}/study_summary.csv, study_summary.json and the figures "
           f"from {sum(map(len, runs.values()))} runs of {len(runs)} configurations")
 
 
