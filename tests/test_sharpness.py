@@ -1,13 +1,22 @@
 """hessian_max_eigenvalue against quadratics with known spectra; filter-normalized directions."""
 
 import copy
+import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.sharpness import filter_normalized_direction, hessian_max_eigenvalue, loss_along_direction
+from analysis.sharpness import (
+    ALPHAS,
+    filter_normalized_direction,
+    hessian_max_eigenvalue,
+    hessian_trace,
+    loss_along_direction,
+    slice_rise,
+)
 from lenet_utils import LeNet5
 
 
@@ -34,7 +43,7 @@ def least_squares(eigenvalues, n: int = 12):
 
 
 def test_hessian_of_least_squares_has_the_built_spectrum():
-    model, x, _, _ = least_squares([5.0, 2.0, 1.0, 0.5])
+    _, x, _, _ = least_squares([5.0, 2.0, 1.0, 0.5])
     torch.testing.assert_close(torch.linalg.eigvalsh(x.T @ x / len(x)),
                                torch.tensor([0.5, 1.0, 2.0, 5.0], dtype=torch.float64))
 
@@ -74,18 +83,33 @@ def test_power_iteration_stops_after_iters():
     assert len(history) == 3 and value == history[-1]
 
 
-def test_power_iteration_largest_magnitude_may_be_negative():
-    """Per-sample curvature c_i and orthogonal inputs: the Hessian has eigenvalues c."""
-    c = torch.tensor([-4.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+def curvature_model(c):
+    """(model, X, c, loss_fn) with loss 0.5 * mean(c_i (x_i . w)^2) and orthogonal inputs: the
+    Hessian is X^T diag(c) X / n, with eigenvalues c (of any sign)."""
     x = 2.0 * orthonormal(4, 4, seed=7)  # X^T X / n = I
     torch.manual_seed(0)
     model = nn.Linear(4, 1, bias=False).double()
-    value, _ = hessian_max_eigenvalue(model, x, c, loss_fn=lambda out, cc: 0.5 * (cc * out.squeeze(1) ** 2).mean(),
-                                      iters=300, tol=1e-10)
-    assert value == pytest.approx(-4.0, rel=1e-6)
+    return model, x, torch.tensor(c, dtype=torch.float64), lambda out, cc: 0.5 * (cc * out.squeeze(1) ** 2).mean()
 
 
-def test_power_iteration_matches_full_hessian_of_small_network():
+def test_power_iteration_largest_magnitude_negative_gives_largest_algebraic():
+    model, x, c, loss_fn = curvature_model([-4.0, 2.0, 1.0, 0.5])
+    value, history = hessian_max_eigenvalue(model, x, c, loss_fn=loss_fn, iters=300, tol=1e-10)
+    assert value == pytest.approx(2.0, rel=1e-6)
+    assert value == history[-1]
+    first_run = next(i for i in range(1, len(history)) if abs(history[i] - history[i - 1]) <= 1e-10 * abs(history[i]))
+    assert history[first_run] == pytest.approx(-4.0, rel=1e-6)  # the largest-magnitude eigenvalue, then the shift
+    assert len(history) > first_run + 2
+
+
+def test_power_iteration_all_negative_spectrum():
+    model, x, c, loss_fn = curvature_model([-4.0, -3.0, -2.0, -0.5])
+    value, _ = hessian_max_eigenvalue(model, x, c, loss_fn=loss_fn, iters=500, tol=1e-12)
+    assert value == pytest.approx(-0.5, rel=1e-6)
+
+
+def small_network():
+    """(model, x, y, the exact Hessian of the mean cross-entropy) for a 3-4-3 tanh network."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
     generator = torch.Generator().manual_seed(1)
@@ -101,10 +125,84 @@ def test_power_iteration_matches_full_hessian_of_small_network():
             start += shape.numel()
         return F.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
 
-    eigenvalues = torch.linalg.eigvalsh(torch.func.hessian(loss_of_flat)(flat))
-    expected = eigenvalues[eigenvalues.abs().argmax()].item()
+    with warnings.catch_warnings():  # torch's jvp decompositions still use torch.jit.script
+        warnings.filterwarnings("ignore", message=".*torch.jit.script", category=FutureWarning)
+        return model, x, y, torch.func.hessian(loss_of_flat)(flat)
+
+
+def test_power_iteration_matches_full_hessian_of_small_network():
+    model, x, y, hessian = small_network()
     value, _ = hessian_max_eigenvalue(model, x, y, iters=1000, tol=1e-12)
-    assert value == pytest.approx(expected, rel=1e-4)
+    assert value == pytest.approx(torch.linalg.eigvalsh(hessian).max().item(), rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- trace
+
+
+def test_trace_is_exact_for_a_diagonal_hessian():
+    c = [-4.0, 2.0, 1.0, 0.5]
+    x = 2.0 * torch.eye(4, dtype=torch.float64)  # Hessian diag(c): every Rademacher v^T H v = sum(c)
+    model = nn.Linear(4, 1, bias=False).double()
+    mean, se = hessian_trace(model, x, torch.tensor(c, dtype=torch.float64), samples=5,
+                             loss_fn=lambda out, cc: 0.5 * (cc * out.squeeze(1) ** 2).mean())
+    assert mean == pytest.approx(-0.5, abs=1e-12) and se == pytest.approx(0.0, abs=1e-12)
+
+
+def test_trace_of_least_squares_within_standard_errors():
+    model, x, y, loss_fn = least_squares([5.0, 2.0, 1.0, 0.5])  # non-diagonal Hessian, trace 8.5
+    mean, se = hessian_trace(model, x, y, samples=200, seed=0, loss_fn=loss_fn)
+    assert 0 < se < 1
+    assert abs(mean - 8.5) < 4 * se
+    assert (mean, se) == hessian_trace(model, x, y, samples=200, seed=0, loss_fn=loss_fn)
+    assert mean != hessian_trace(model, x, y, samples=200, seed=1, loss_fn=loss_fn)[0]
+
+
+def test_trace_standard_error_is_that_of_the_quadratic_forms():
+    """With v ~ Rademacher, var(v^T H v) = 2 (||H||_F^2 - sum H_ii^2): the SE must match it."""
+    model, x, y, hessian = small_network()
+    mean, se = hessian_trace(model, x, y, samples=400, seed=3)
+    off_diagonal = (hessian ** 2).sum() - (hessian.diagonal() ** 2).sum()
+    assert se == pytest.approx((2 * off_diagonal / 400).sqrt().item(), rel=0.25)
+    assert abs(mean - hessian.trace().item()) < 4 * se
+
+
+def test_trace_leaves_the_model_alone(lenet, batch):
+    lenet.train()
+    before = {k: v.clone() for k, v in lenet.state_dict().items()}
+    mean, se = hessian_trace(lenet, *batch, samples=3)
+    assert not lenet.training and all(p.grad is None and p.requires_grad for p in lenet.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in lenet.state_dict().items())
+    assert math.isfinite(mean) and se > 0  # a number, with sampling error for this non-diagonal Hessian
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 12, None])
+def test_chunked_hessian_is_exact(batch_size):
+    """Chunks of 5, 5 and 2 of the 12 images, weighted by size, give the same Hessian."""
+    model, x, y, loss_fn = least_squares([5.0, 2.0, 1.0, 0.5])
+    value, _ = hessian_max_eigenvalue(model, x, y, loss_fn=loss_fn, iters=300, tol=1e-12, batch_size=batch_size)
+    assert value == pytest.approx(5.0, rel=1e-9)
+    whole = hessian_trace(model, x, y, samples=20, loss_fn=loss_fn, batch_size=None)
+    assert hessian_trace(model, x, y, samples=20, loss_fn=loss_fn, batch_size=batch_size) == pytest.approx(whole)
+
+
+def test_chunked_trace_of_a_network(lenet, batch):
+    whole = hessian_trace(lenet, *batch, samples=4, batch_size=None)
+    assert hessian_trace(lenet, *batch, samples=4, batch_size=3) == pytest.approx(whole, rel=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True])
+def test_bad_batch_size(batch_size):
+    model, x, y, loss_fn = least_squares([1.0, 2.0])
+    for measure in (hessian_trace, hessian_max_eigenvalue):
+        with pytest.raises(ValueError, match="batch_size"):
+            measure(model, x, y, loss_fn=loss_fn, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("samples", [1, 0, 2.5, True])
+def test_trace_rejects_too_few_samples(samples):
+    model, x, y, loss_fn = least_squares([1.0, 2.0])
+    with pytest.raises(ValueError, match="samples"):
+        hessian_trace(model, x, y, samples=samples, loss_fn=loss_fn)
 
 
 # ----------------------------------------------------------------------------- directions
@@ -169,8 +267,38 @@ def test_loss_along_direction(lenet, batch):
 def test_loss_along_direction_custom_loss(lenet, batch):
     images, labels = batch
     zero = {k: torch.zeros_like(p) for k, p in lenet.named_parameters()}
-    mse = lambda out, y: F.mse_loss(out, F.one_hot(y, 10).float())  # noqa: E731
+
+    def mse(out, y):
+        return F.mse_loss(out, F.one_hot(y, 10).float())
+
     losses = loss_along_direction(lenet, images, labels, [0.0, 1.0, 3.0], zero, loss_fn=mse)
     with torch.no_grad():
         expected = mse(lenet(images), labels).item()
     assert losses == pytest.approx([expected] * 3, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- slice rise
+
+
+def test_slice_rise_by_hand():
+    alphas = [1.0, -1.0, 0.5, 0.0]  # any order
+    losses = [[3.0, 1.0, 9.0, 0.5],  # (3 + 1) / 2 - 0.5 = 1.5
+              [2.0, 2.0, 9.0, 2.5]]  # 2 - 2.5 = -0.5
+    assert slice_rise(losses, alphas) == pytest.approx(0.5)
+
+
+def test_slice_rise_of_a_parabola_on_the_default_alphas():
+    losses = [[0.3 + 2.0 * a * a + 0.1 * a for a in ALPHAS], [0.3 + 4.0 * a * a for a in ALPHAS]]
+    assert slice_rise(losses, ALPHAS) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("alphas", [[-1.0, 0.0, 0.5], [-0.5, 0.0, 1.0], [-1.0, 0.1, 1.0]])
+def test_slice_rise_needs_minus_one_zero_and_one(alphas):
+    with pytest.raises(ValueError, match="alphas must contain -1, 0 and 1"):
+        slice_rise([[1.0, 2.0, 3.0]], alphas)
+
+
+@pytest.mark.parametrize("losses", [[], [[1.0, 2.0]], [[1.0, 2.0, 3.0], [1.0]]])
+def test_slice_rise_needs_one_loss_per_alpha(losses):
+    with pytest.raises(ValueError, match="one per alpha"):
+        slice_rise(losses, [-1, 0, 1])

@@ -1,0 +1,126 @@
+"""White-box L-infinity attacks on [0, 1] images, and the model's accuracy under them.
+
+FGSM (Goodfellow et al., 2015) and PGD with a uniform random start (Madry et al., 2018), both on
+the plain mean cross-entropy of the model in eval mode; every result is clipped to [0, 1]. Only
+input gradients are taken (``torch.autograd.grad``): the parameters' ``.grad`` is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+EPSILONS = (0.05, 0.1, 0.2, 0.3)
+
+
+def _check_eps(eps: float) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+
+
+def _check_batch(images: Tensor, labels: Tensor) -> None:
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        raise TypeError("images must be a floating-point tensor")
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or len(labels) != len(images):
+        raise ValueError(f"labels must be a 1-D tensor with one label per image ({len(images)})")
+    if len(images) and (images.min() < 0 or images.max() > 1):
+        raise ValueError("images must be [0, 1] pixels")
+
+
+def _input_gradient(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    """Gradient of the mean cross-entropy with respect to the images (model in eval mode)."""
+    model.eval()
+    with torch.enable_grad():
+        x = images.detach().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(F.cross_entropy(model(x), labels), x)
+    return gradient
+
+
+def fgsm(model: nn.Module, images: Tensor, labels: Tensor, eps: float) -> Tensor:
+    """One step of size ``eps`` along the sign of the input gradient, clipped to [0, 1]."""
+    _check_eps(eps)
+    _check_batch(images, labels)
+    return (images + eps * _input_gradient(model, images, labels).sign()).clamp(0, 1)
+
+
+def _random_start(images: Tensor, eps: float, seed: int) -> Tensor:
+    """``images`` plus uniform noise on [-eps, eps], from a generator on the images' device."""
+    generator = torch.Generator(device=images.device).manual_seed(seed)
+    noise = torch.rand(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    return (images + eps * (2 * noise - 1)).clamp(0, 1)
+
+
+def _pgd_from(model: nn.Module, images: Tensor, labels: Tensor, start: Tensor, eps: float, steps: int,
+              step_size: float) -> Tensor:
+    x = start
+    for _ in range(steps):
+        x = x + step_size * _input_gradient(model, x, labels).sign()
+        x = torch.clamp(x, images - eps, images + eps).clamp(0, 1)
+    return x
+
+
+def _check_pgd(eps: float, steps: int, step_size: float | None) -> float:
+    _check_eps(eps)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if step_size is None:
+        return 2.5 * eps / steps
+    if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) or not step_size > 0:
+        raise ValueError(f"step_size must be a real number > 0 or None, got {step_size!r}")
+    return float(step_size)
+
+
+def pgd(model: nn.Module, images: Tensor, labels: Tensor, eps: float, steps: int = 20,
+        step_size: float | None = None, seed: int = 0) -> Tensor:
+    """Projected gradient ascent on the cross-entropy within the L-infinity ``eps``-ball around
+    ``images``, intersected with [0, 1]: a uniform random start drawn with ``seed``, then
+    ``steps`` signed-gradient steps of ``step_size`` (default ``2.5 * eps / steps``)."""
+    step_size = _check_pgd(eps, steps, step_size)
+    _check_batch(images, labels)
+    return _pgd_from(model, images, labels, _random_start(images, eps, seed), eps, steps, step_size)
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, images: Tensor, labels: Tensor) -> int:
+    model.eval()
+    return (model(images).argmax(1) == labels).sum().item()
+
+
+def evaluate_adversarial(model: nn.Module, images: Tensor, labels: Tensor, epsilons: Sequence[float] = EPSILONS,
+                         n_pgd: int = 2000, pgd_steps: int = 20, seed: int = 0, batch_size: int = 1000) -> dict:
+    """Accuracy (%) under FGSM on all ``images`` and under PGD (``pgd_steps`` steps, default step
+    size, random start from ``seed``) on the first ``n_pgd``, for each epsilon, keyed by
+    ``str(eps)`` (``"0.1"``). Batched by ``batch_size``; the PGD results do not depend on it (the
+    random start is drawn for all ``n_pgd`` images at once, as :func:`pgd` draws it)."""
+    for eps in epsilons:
+        _check_eps(eps)
+    epsilons = [float(eps) for eps in epsilons]
+    if not epsilons or len(set(epsilons)) != len(epsilons):
+        raise ValueError(f"epsilons must be distinct and non-empty, got {list(epsilons)}")
+    for name, value in (("n_pgd", n_pgd), ("pgd_steps", pgd_steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    _check_batch(images, labels)
+    if not len(images):
+        raise ValueError("images must not be empty")
+    n = min(n_pgd, len(images))
+    batches = list(zip(images.split(batch_size), labels.split(batch_size)))
+    result = {"fgsm": {}, "pgd": {}, "n_fgsm": len(images), "n_pgd": n, "pgd_steps": pgd_steps,
+              "epsilons": epsilons}
+    for eps in epsilons:
+        correct = sum(_correct(model, fgsm(model, x, y, eps), y) for x, y in batches)
+        result["fgsm"][str(eps)] = 100 * correct / len(images)
+        step_size = _check_pgd(eps, pgd_steps, None)
+        start = _random_start(images[:n], eps, seed)
+        correct = sum(_correct(model, _pgd_from(model, x, y, x0, eps, pgd_steps, step_size), y)
+                      for x, y, x0 in zip(images[:n].split(batch_size), labels[:n].split(batch_size),
+                                          start.split(batch_size)))
+        result["pgd"][str(eps)] = 100 * correct / n
+    return result
