@@ -856,7 +856,7 @@ def study_comparison(recipe: str, report: NoiseReport) -> str:
                           [[k, study[k], ours[k], ours[k] - study[k]] for k in study])
 
 
-def show_noise_examples(image: Tensor, pixel_sigmas: Sequence[float] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+def show_noise_examples(image: Tensor, pixel_sigmas: Sequence[float] = PIXEL_SIGMAS[::2],
                         seed_sigmas: Sequence[float] = (0.0, *SEED_SIGMAS)):
     """What the model sees: one digit (1x28x28) under each protocol, the pixel protocol in the first
     row and the seed protocol in the second, on one grey scale from -1 to 3 (so the seed protocol's
