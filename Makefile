@@ -1,7 +1,8 @@
-# Two commands do all the set-up on a fresh machine:
+# Three commands do all the set-up on a fresh machine:
 #   make run    executes both notebooks in place, full length, on real MNIST (baseline first)
-#   make test   runs the test suite
-# Both create .venv and install requirements.txt on first use.
+#   make lab    starts JupyterLab from the project's environment, to open the notebooks and run cells yourself
+#   make test   runs the test suite (make lint: the linter, which CI runs first)
+# Each creates .venv and installs requirements.txt on first use.
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 # Offline copy of MNIST beside the project, if there is one; otherwise torchvision downloads to ./data.
@@ -9,7 +10,7 @@ export MNIST_ROOT ?= $(if $(wildcard ../shared/mnist/MNIST/raw),$(abspath ../sha
 
 NOTEBOOKS := LeNet-5.ipynb LeNet-5_sam_optim.ipynb
 
-.PHONY: run test clean
+.PHONY: run lab test lint clean
 
 $(VENV)/installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -23,8 +24,14 @@ run: $(VENV)/installed
 	    --ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 $$nb || exit 1; \
 	done
 
+lab: $(VENV)/installed
+	$(PYTHON) -m jupyter lab
+
 test: $(VENV)/installed
 	$(PYTHON) -m pytest -q
 
+lint: $(VENV)/installed
+	$(PYTHON) -m ruff check .
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache

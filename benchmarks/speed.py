@@ -3,15 +3,16 @@
 What is measured (each contender gets one short untimed warm-up, then the contenders alternate
 inside every repeat, in a rotated order, so slow drifts of the machine hit them all alike):
 
-1. Training, seconds per epoch and images/s, for two recipes:
-   - baseline: Adam(lr=1e-3), batch 32, cross-entropy reduction="sum"; epoch = 60000/32 = 1875 steps
-   - sam: SAM(SGD, rho=2.0, adaptive=True, lr=0.1, momentum=0.9, weight_decay=5e-4), batch 128,
-     label smoothing 0.1; epoch = 48000/128 = 375 steps
+1. Training, seconds per epoch and images/s, for two recipes of ``lenet_utils.STUDY_RECIPES``:
+   - baseline (``lenet_utils.BASELINE``): Adam, batch 32, summed cross-entropy; epoch = 60000/32 = 1875 steps
+   - asam (``lenet_utils.ASAM``): adaptive SAM over SGD, batch 128, label smoothing 0.1;
+     epoch = 48000/128 = 375 steps
    each run by the project's loop (lenet_utils.train over in-memory tensors, on a subset of
    steps*batch images, one epoch) and by a reference loop written the usual way (torchvision
    MNIST + ToTensor, DataLoader(shuffle=True, num_workers=0), .item() per batch), for --steps
    steps with a fresh LeNet5. Seconds per epoch are extrapolated: time / steps * epoch steps.
-2. The cost of a SAM step over a plain SGD step (same hyper-parameters, batch 128, project loop).
+2. The cost of an ASAM step over a plain SGD step (the ``sgd`` recipe: ASAM's without the
+   perturbation; batch 128, project loop).
 3. Evaluation throughput of lenet_utils.accuracy on the clean test images and on noisy ones
    (add_gaussian_noise sigma 0.6; generating the noise is part of the timing).
 
@@ -47,40 +48,41 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import lenet_utils as lu  # noqa: E402
 
-SGD_KW = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
-RECIPES = {  # name -> (optimizer factory, batch size, label smoothing, reduction, steps per epoch)
-    "baseline": (lambda p: torch.optim.Adam(p, lr=1e-3), 32, 0.0, "sum", 60000 // 32),
-    "sam": (lambda p: lu.SAM(p, torch.optim.SGD, rho=2.0, adaptive=True, **SGD_KW), 128, 0.1, "mean", 48000 // 128),
-    "sgd": (lambda p: torch.optim.SGD(p, **SGD_KW), 128, 0.1, "mean", 48000 // 128),
-}
-MAX_BATCH = max(r[1] for r in RECIPES.values())
+RECIPES = {name: lu.STUDY_RECIPES[name] for name in ("baseline", "asam", "sgd")}
+MAX_BATCH = max(r.batch_size for r in RECIPES.values())
+
+
+def epoch_steps(recipe: lu.Recipe) -> int:
+    """Optimizer steps in one epoch of ``recipe`` on MNIST (48,000 images with the split, else 60,000)."""
+    return (48000 if recipe.split else 60000) // recipe.batch_size
 
 
 def fresh(recipe: str, device: torch.device):
     torch.manual_seed(0)
     model = lu.LeNet5().to(device)
-    return model, RECIPES[recipe][0](model.parameters())
+    return model, RECIPES[recipe].make_optimizer(model.parameters())
 
 
 def project_loop(recipe, device, images, labels):
     """prepare(steps) -> run(): the project's lenet_utils.train on steps * batch in-memory images."""
-    _, batch, smoothing, reduction, _ = RECIPES[recipe]
+    r = RECIPES[recipe]
 
     def prepare(steps):
         model, optimizer = fresh(recipe, device)
-        n = steps * batch
-        return lambda: lu.train(model, optimizer, images[:n], labels[:n], epochs=1, batch_size=batch,
-                                label_smoothing=smoothing, reduction=reduction, progress=False)
+        n = steps * r.batch_size
+        return lambda: lu.train(model, optimizer, images[:n], labels[:n], epochs=1, batch_size=r.batch_size,
+                                label_smoothing=r.label_smoothing, reduction=r.reduction, progress=False)
     return prepare
 
 
 def reference_loop(recipe, device, dataset):
     """prepare(steps) -> run(): a DataLoader loop written the usual way, .item() every batch."""
-    _, batch, smoothing, reduction, _ = RECIPES[recipe]
+    r = RECIPES[recipe]
+    smoothing, reduction = r.label_smoothing, r.reduction
 
     def prepare(steps):
         model, optimizer = fresh(recipe, device)
-        loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
+        loader = DataLoader(dataset, batch_size=r.batch_size, shuffle=True, num_workers=0)
 
         def run():
             model.train()
@@ -169,7 +171,8 @@ def parse_args(argv=None):
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if not 1 <= args.steps <= 60000 // MAX_BATCH:
-        parser.error(f"--steps must lie in 1..{60000 // MAX_BATCH} (the subset must fit in 60000 images), got {args.steps}")
+        parser.error(f"--steps must lie in 1..{60000 // MAX_BATCH} (the subset must fit in 60000 images), "
+                     f"got {args.steps}")
     return args
 
 
@@ -185,11 +188,11 @@ def main(argv=None):
         test_x, test_y = test_x[:1000], test_y[:1000]
     dataset = torchvision.datasets.MNIST(root, train=True, download=True, transform=torchvision.transforms.ToTensor())
     contenders = {  # name -> (prepare, images per run, steps per epoch or None)
-        f"{r}/{kind}": (loop(r, device, *data), steps * RECIPES[r][1], RECIPES[r][4])
+        f"{r}/{kind}": (loop(r, device, *data), steps * RECIPES[r].batch_size, epoch_steps(RECIPES[r]))
         for r, kind, loop, data in [("baseline", "project", project_loop, (train_x, train_y)),
                                     ("baseline", "reference", reference_loop, (dataset,)),
-                                    ("sam", "project", project_loop, (train_x, train_y)),
-                                    ("sam", "reference", reference_loop, (dataset,)),
+                                    ("asam", "project", project_loop, (train_x, train_y)),
+                                    ("asam", "reference", reference_loop, (dataset,)),
                                     ("sgd", "project", project_loop, (train_x, train_y))]}
     contenders["eval/clean"] = (eval_loop(device, test_x, test_y, 0.0), len(test_x), None)
     contenders["eval/noisy0.6"] = (eval_loop(device, test_x, test_y, 0.6), len(test_x), None)
@@ -215,8 +218,8 @@ def main(argv=None):
         ips = entry["images_per_second"]
         lines.append(f"{name:<20} {per_epoch:<26} {ips['median']:>10,.0f} [{ips['min']:,.0f}, {ips['max']:,.0f}]")
     ratio_defs = {"baseline reference/project": ("baseline/reference", "baseline/project"),
-                  "sam reference/project": ("sam/reference", "sam/project"),
-                  "sam step / sgd step (batch 128, floor 2.0)": ("sam/project", "sgd/project")}
+                  "asam reference/project": ("asam/reference", "asam/project"),
+                  "asam step / sgd step (batch 128, floor 2.0)": ("asam/project", "sgd/project")}
     ratios = {label: summary([a / b for a, b in zip(seconds[num], seconds[den])])
               for label, (num, den) in ratio_defs.items()}
 

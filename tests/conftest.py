@@ -1,5 +1,7 @@
-"""Shared test set-up: the project root on ``sys.path``, no network, tiny synthetic data."""
+"""Shared test set-up: the project root on ``sys.path``, no network, tiny synthetic data, and the one
+marker (``needs_mnist``) and fixtures (``mnist_train``, ``mnist_test``) for tests on real MNIST."""
 
+import os
 import sys
 from pathlib import Path
 from urllib.error import URLError
@@ -7,7 +9,33 @@ from urllib.error import URLError
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lenet_utils import MNIST_FILES, load_mnist  # noqa: E402
+
+MNIST_ROOT = Path(os.environ.get("MNIST_ROOT", ROOT / "data"))
+HAVE_MNIST = all((MNIST_ROOT / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES)
+needs_mnist = pytest.mark.skipif(
+    not HAVE_MNIST, reason=f"real MNIST not found: set MNIST_ROOT to a folder whose MNIST/raw/ holds "
+                           f"{', '.join(MNIST_FILES)} (now {MNIST_ROOT})")
+"""Skip a test (``@needs_mnist``) or a module (``pytestmark = needs_mnist``) without real MNIST."""
+
+
+@pytest.fixture(scope="session")
+def mnist_train():
+    """The 60,000 real MNIST training images and labels (skips without them)."""
+    if not HAVE_MNIST:
+        pytest.skip(needs_mnist.kwargs["reason"])
+    return load_mnist(MNIST_ROOT, train=True)
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    """The 10,000 real MNIST test images and labels (skips without them)."""
+    if not HAVE_MNIST:
+        pytest.skip(needs_mnist.kwargs["reason"])
+    return load_mnist(MNIST_ROOT, train=False)
 
 
 @pytest.fixture(autouse=True)

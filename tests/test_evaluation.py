@@ -1,11 +1,29 @@
-"""predict, evaluate, accuracy; markdown_table, confusion_matrix."""
+"""predict, evaluate, accuracy; markdown_table, confusion_matrix; the notebooks' set-up, log and outputs."""
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet_utils import accuracy, confusion_matrix, evaluate, markdown_table, predict
+from lenet_utils import (
+    ASAM,
+    LeNet5,
+    NoiseReport,
+    NotebookSetup,
+    accuracy,
+    confusion_matrix,
+    epoch_logger,
+    evaluate,
+    load_checkpoint,
+    markdown_table,
+    notebook_setup,
+    predict,
+    save_notebook_run,
+    show_predictions,
+)
 
 
 @pytest.fixture
@@ -89,3 +107,91 @@ def test_confusion_matrix():
     assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
     assert matrix.sum() == len(labels) and matrix.trace() == 4
     assert confusion_matrix(predicted, labels).shape == (10, 10)
+
+
+# ----------------------------------------------------------------------------- notebook helpers
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("quick, output_dir", [("1", None), ("0", None), ("1", "elsewhere")])
+def test_notebook_setup(monkeypatch, tmp_path, capsys, restore_threads, quick, output_dir):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LENET_QUICK", quick)
+    if output_dir:
+        monkeypatch.setenv("LENET_OUTPUT_DIR", output_dir)
+    else:
+        monkeypatch.delenv("LENET_OUTPUT_DIR", raising=False)
+    torch.set_num_threads(2)
+    setup = notebook_setup(seed=3)
+    assert setup.quick == (quick == "1") and setup.seed == 3
+    assert setup.output_dir == Path(output_dir or ("quick_output" if quick == "1" else "."))
+    assert torch.get_num_threads() == 1
+    assert f"quick mode: {quick == '1'}" in capsys.readouterr().out
+
+
+def test_notebook_setup_seeds_and_saves_figures(monkeypatch, tmp_path, restore_threads):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setenv("LENET_OUTPUT_DIR", str(tmp_path))
+    setup = notebook_setup(seed=3)
+    assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(3)))
+    fig = plt.figure()
+    assert setup.save_figure(fig, "x") == tmp_path / "results" / "figures" / "x.png"
+    assert (tmp_path / "results" / "figures" / "x.png").stat().st_size > 0
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("threads", [0, 1.5, True, "1"])
+def test_notebook_setup_rejects_bad_threads(threads):
+    with pytest.raises(ValueError, match="threads"):
+        notebook_setup(threads=threads)
+
+
+def test_epoch_logger_prints_first_every_and_last(capsys):
+    log = epoch_logger(12, every=5)
+    for epoch in range(1, 13):
+        log({"epoch": epoch, "lr": 0.1, "train_loss": 0.5, "train_acc": 90.0, "seconds": 1.25})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch  1/12", "epoch  5/12", "epoch 10/12", "epoch 12/12"]
+    assert lines[0] == "epoch  1/12: lr 0.1, train loss 0.5000, train acc 90.00 % (1.2 s)"
+    log({"epoch": 5, "lr": 0.1, "train_loss": 0.5, "train_acc": 90.0, "val_loss": 0.25, "val_acc": 95.0, "seconds": 1})
+    assert "val loss 0.2500, val acc 95.00 %" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="every"):
+        epoch_logger(10, every=0)
+
+
+def test_show_predictions():
+    import matplotlib.pyplot as plt
+
+    images = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(30) % 10
+    predicted = labels.clone()
+    predicted[[3, 7, 21]] = 0
+    wrong, right = show_predictions(images, labels, predicted, n=4)
+    assert wrong._suptitle.get_text() == "Misclassified test digits (3 of 30)"
+    assert [ax.get_title() for ax in wrong.axes if ax.images] == ["true 3 / pred 0", "true 7 / pred 0",
+                                                                  "true 1 / pred 0"]
+    assert len([ax for ax in right.axes if ax.images]) == 2
+    plt.close("all")
+
+
+def test_save_notebook_run(tmp_path, capsys):
+    setup = NotebookSetup(quick=True, output_dir=tmp_path, device=torch.device("cpu"), seed=0)
+    model = LeNet5()
+    noise = NoiseReport(seed={0.0: 90.0, 0.6: 80.0}, pixel={0.0: 99.0, 0.6: 70.0}, pattern_spread={0: 80.0, 1: 85.0},
+                        spread_sigma=0.6)
+    checkpoint, results = save_notebook_run(setup, "asam", model, ASAM, [{"epoch": 1}], 12.5, noise)
+    assert checkpoint == tmp_path / "checkpoints" / "lenet5_asam.pt" and results == tmp_path / "results" / "asam.json"
+    saved = json.loads(results.read_text())
+    assert saved["hyperparameters"] == ASAM.as_dict() and saved["clean_accuracy"] == 99.0
+    assert saved["seed_protocol"] == {"0.0": 90.0, "0.6": 80.0}
+    assert saved["seed_protocol_pattern_spread_0.6"] == {"0": 80.0, "1": 85.0}
+    fresh = LeNet5()
+    assert load_checkpoint(checkpoint, fresh)["recipe"] == "asam"
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))

@@ -1,10 +1,29 @@
-"""add_gaussian_noise, seed_protocol_noise, evaluate_noise."""
+"""add_gaussian_noise, seed_protocol_noise, evaluate_noise; noise_report and the tables and figures made from it."""
 
 import pytest
 import torch
 from torch import nn
 
-from lenet_utils import MNIST_MEAN, MNIST_STD, accuracy, add_gaussian_noise, evaluate_noise, seed_protocol_noise
+from lenet_utils import (
+    MNIST_MEAN,
+    MNIST_STD,
+    ORIGINAL_STUDY,
+    PIXEL_SIGMAS,
+    SEED_SIGMAS,
+    STUDY_RECIPES,
+    NoiseReport,
+    accuracy,
+    add_gaussian_noise,
+    comparison_table,
+    describe_noise,
+    evaluate_noise,
+    noise_report,
+    noise_tables,
+    plot_noise,
+    seed_protocol_noise,
+    show_noise_examples,
+    study_comparison,
+)
 
 
 @pytest.fixture
@@ -163,3 +182,100 @@ def test_evaluate_noise_seed_protocol(classifier, labelled):
 def test_evaluate_noise_unknown_protocol(classifier, labelled):
     with pytest.raises(ValueError, match="protocol"):
         evaluate_noise(classifier, *labelled, [0.1], protocol="gaussian")
+
+
+# ----------------------------------------------------------------------------- noise_report and its tables
+
+
+@pytest.fixture
+def report(classifier, labelled):
+    return noise_report(classifier, *labelled, seed_sigmas=[0.6, 1.0], pixel_sigmas=[0.6, 1.0],
+                        pattern_seeds=[0, 1, 2])
+
+
+def test_noise_report_evaluates_both_protocols_once_each(classifier, labelled, report):
+    images, labels = labelled
+    assert report.seed == evaluate_noise(classifier, images, labels, [0.0, 0.6, 1.0], protocol="seed")
+    assert report.pixel == evaluate_noise(classifier, images, labels, [0.0, 0.6, 1.0], protocol="pixel")
+    assert report.clean == accuracy(classifier, images, labels) == 100
+    assert report.pattern_spread == {s: evaluate_noise(classifier, images, labels, [0.6], protocol="seed", seed=s)[0.6]
+                                     for s in (0, 1, 2)}
+    assert report.pattern_spread[0] == report.seed[0.6]  # seed 0 is the protocol's own pattern
+
+
+def test_noise_report_defaults_are_the_shared_grids(classifier, labelled):
+    result = noise_report(classifier, *labelled)
+    assert list(result.seed) == [0.0, *SEED_SIGMAS]
+    assert list(result.pixel) == list(PIXEL_SIGMAS)
+    assert list(result.pattern_spread) == [0, 1, 2, 3, 4] and result.spread_sigma == 0.6
+
+
+def test_noise_report_needs_a_pattern_seed(classifier, labelled):
+    with pytest.raises(ValueError, match="pattern_seeds"):
+        noise_report(classifier, *labelled, pattern_seeds=[])
+
+
+def test_noise_tables_show_every_sigma(report):
+    lines = noise_tables(report).splitlines()
+    assert "| sigma | 0.0 | 0.6 | 1.0 |" in lines
+    assert f"| accuracy (%) | {report.seed[0.0]:.2f} | {report.seed[0.6]:.2f} | {report.seed[1.0]:.2f} |" in lines
+    assert f"| accuracy (%) | 100.00 | {report.pixel[0.6]:.2f} | {report.pixel[1.0]:.2f} |" in lines
+
+
+def test_describe_noise_numbers(report):
+    text = describe_noise(report)
+    spread = report.pattern_spread
+    assert f"({report.seed[0.0] - report.clean:+.2f} points)" in text
+    assert f"seed protocol gives {report.seed[0.6]:.2f} %, the pixel protocol {report.pixel[0.6]:.2f} %" in text
+    assert "with 3 single noise patterns" in text and "other" not in text
+    assert f"a spread of {max(spread.values()) - min(spread.values()):.2f} points" in text
+
+
+def fake_report(shift: float) -> NoiseReport:
+    return NoiseReport(seed={0.0: 90 + shift, 0.4: 80 + shift, 0.6: 70 + shift, 0.8: 60 + shift},
+                       pixel={s: 99 - 40 * s + shift for s in PIXEL_SIGMAS}, pattern_spread={0: 70 + shift},
+                       spread_sigma=0.6)
+
+
+def test_comparison_table_lines_up_sigma_and_adds_the_difference():
+    lines = comparison_table({"a": fake_report(0.0), "b": fake_report(2.5)}).splitlines()
+    header = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    assert header == ["model", "clean", "seed σ=0.0", "seed σ=0.4", "seed σ=0.6", "seed σ=0.8", "pixel σ=0.2",
+                      "pixel σ=0.4", "pixel σ=0.6", "pixel σ=0.8", "pixel σ=1.0"]
+    assert lines[-1] == "| b − a |" + " 2.50 |" * 10 and "the last row is the difference in points" in lines[0]
+    assert len(comparison_table({"a": fake_report(0.0)}).splitlines()) == 5  # title, blank, header, rule, row
+    with pytest.raises(ValueError, match="at least one"):
+        comparison_table({})
+
+
+def test_study_comparison():
+    lines = study_comparison("baseline", fake_report(0.0)).splitlines()
+    assert lines[2] == "| clean | 98.75 | 99.00 | 0.25 |"
+    assert lines[3] == "| seed protocol, σ=0.6 | 92.31 | 70.00 | -22.31 |"
+    assert set(ORIGINAL_STUDY) == {"baseline", "asam"} <= set(STUDY_RECIPES)
+    with pytest.raises(ValueError, match="baseline, asam"):
+        study_comparison("sam", fake_report(0.0))
+
+
+def test_plot_noise_draws_both_protocols_per_model():
+    import matplotlib.pyplot as plt
+
+    fig = plot_noise({"a": fake_report(0.0), "b": fake_report(1.0)}, "title")
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["a, pixel protocol", "a, seed protocol (study)",
+                                                    "b, pixel protocol", "b, seed protocol (study)"]
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert list(lines[3].get_ydata()) == [91.0, 81.0, 71.0, 61.0]
+    plt.close(fig)
+
+
+def test_show_noise_examples_pixel_row_then_seed_row(images):
+    import matplotlib.pyplot as plt
+
+    fig = show_noise_examples(images[0])
+    shown = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in shown] == [f"pixel σ={s}" for s in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)] + [
+        f"seed σ={s}" for s in (0.0, *SEED_SIGMAS)]
+    normalized = torch.from_numpy(shown[6].images[0].get_array().data)
+    assert torch.equal(normalized, seed_protocol_noise(images[:1], 0.0)[0, 0])
+    plt.close(fig)

@@ -1,18 +1,18 @@
 """Both notebooks, executed top to bottom in a fresh kernel in quick mode on real MNIST,
 and the committed copies checked for being fully executed."""
 
-import os
-from pathlib import Path
-
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["LeNet-5.ipynb", "LeNet-5_sam_optim.ipynb"]  # baseline first: the SAM notebook compares against it
-MNIST_RAW = Path(os.environ.get("MNIST_ROOT", ROOT / "data")) / "MNIST" / "raw"
-needs_mnist = pytest.mark.skipif(not (MNIST_RAW / "t10k-images-idx3-ubyte").is_file(),
-                                 reason=f"real MNIST not found in {MNIST_RAW} (set MNIST_ROOT)")
+from conftest import ROOT, needs_mnist
+
+# name -> figures it shows; baseline first: the ASAM notebook compares against it
+NOTEBOOKS = {"LeNet-5.ipynb": 7, "LeNet-5_sam_optim.ipynb": 8}
+OUTPUTS = ["checkpoints/lenet5_baseline.pt", "checkpoints/lenet5_asam.pt", "results/baseline.json",
+           "results/asam.json", "results/comparison.json"]
+FIGURES = ["baseline_training", "baseline_confusion", "baseline_misclassified", "baseline_noise", "asam_training",
+           "asam_confusion", "asam_misclassified", "asam_noise", "comparison_noise", "comparison_sharpness"]
 
 
 def figures(nb) -> int:
@@ -26,14 +26,14 @@ def test_notebooks_run_in_quick_mode(tmp_path, monkeypatch):
     monkeypatch.setenv("LENET_OUTPUT_DIR", str(tmp_path))
     committed = {p: p.stat().st_mtime_ns for p in ROOT.glob("[cr]*/*") if p.suffix in (".pt", ".json")}
     executed = {}
-    for name in NOTEBOOKS:
+    for name, n_figures in NOTEBOOKS.items():
         nb = nbformat.read(ROOT / name, as_version=4)
         NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
         executed[name] = nb
         assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-        assert figures(nb) >= 8, f"{name} produced only {figures(nb)} figures"
-    for path in ["checkpoints/lenet5_baseline.pt", "checkpoints/lenet5_sam.pt", "results/baseline.json",
-                 "results/sam.json", "results/comparison.json"]:
+        assert figures(nb) == n_figures, f"{name} showed {figures(nb)} figures, expected {n_figures}"
+        assert "1 CPU thread" in "".join(str(o) for o in nb.cells[2].outputs)  # notebook_setup: one thread
+    for path in OUTPUTS + [f"results/figures/{name}.png" for name in FIGURES]:
         assert (tmp_path / path).is_file(), path
     sam_text = "".join(str(o) for c in executed["LeNet-5_sam_optim.ipynb"].cells for o in c.get("outputs", []))
     assert "run LeNet-5.ipynb first" not in sam_text  # the baseline was found: the comparison ran
@@ -47,5 +47,6 @@ def test_committed_notebook_is_fully_executed(name):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "run it top to bottom in a fresh kernel"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
-    assert figures(nb) >= 8
+    assert figures(nb) == NOTEBOOKS[name]
+    assert "0%|" not in "".join(str(o) for c in code for o in c.outputs), "a progress bar saved at 0 %"
     assert "quick mode: False" in "".join(str(o) for o in code[0].outputs), "commit the outputs of a full run"

@@ -1,29 +1,12 @@
 """Checks on the real MNIST files, skipped unless $MNIST_ROOT/MNIST/raw holds them."""
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
-from lenet_utils import (MNIST_FILES, MNIST_MEAN, MNIST_STD, LeNet5, accuracy, load_mnist, set_seed,
-                         train, train_val_split)
+from conftest import needs_mnist
+from lenet_utils import MNIST_MEAN, MNIST_STD, LeNet5, accuracy, set_seed, train, train_val_split
 
-ROOT = os.environ.get("MNIST_ROOT")
-HAVE_MNIST = ROOT is not None and all((Path(ROOT) / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES)
-pytestmark = pytest.mark.skipif(
-    not HAVE_MNIST, reason="real MNIST not found: set MNIST_ROOT to a folder whose MNIST/raw/ holds "
-                           f"{', '.join(MNIST_FILES)}")
-
-
-@pytest.fixture(scope="module")
-def mnist_train():
-    return load_mnist(ROOT, train=True)
-
-
-@pytest.fixture(scope="module")
-def mnist_test():
-    return load_mnist(ROOT, train=False)
+pytestmark = needs_mnist
 
 
 def test_shapes_and_types(mnist_train, mnist_test):
