@@ -7,24 +7,33 @@ images of the seed-42 split, which every recipe trains on.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 import lenet_utils as L
-from analysis import corruptions, sharpness
+from analysis import adversarial, corruptions, sharpness
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Sample counts and subset sizes of one evaluation (recorded in every record)."""
+    """Sample counts and subset sizes of one evaluation (recorded in every record). Test subsets
+    are the first images of the test set; sharpness subsets the first images of the probe set."""
 
     n_test: int | None = None  # None: the whole test set
+    n_sweep: int = 1000  # images per corruption severity in the severity sweeps
+    n_pgd: int = 2000
+    pgd_steps: int = 20
+    epsilons: tuple[float, ...] = adversarial.EPSILONS
     n_probe: int = 2048  # sharpness probe images, drawn from the split's training images
     probe_seed: int = 0
     hessian_iters: int = 100
     hessian_tol: float = 1e-3
+    n_trace: int = 512  # probe images for the Hessian trace
+    trace_samples: int = 100
+    n_slice: int = 512  # probe images for the loss slices
     direction_seeds: tuple[int, ...] = (0, 1, 2)
 
     def as_dict(self) -> dict:
@@ -32,7 +41,8 @@ class EvalSettings:
 
 
 FULL = EvalSettings()
-QUICK = EvalSettings(n_test=1000, n_probe=128, hessian_iters=3, direction_seeds=(0,))
+QUICK = EvalSettings(n_test=1000, n_sweep=100, n_pgd=100, pgd_steps=3, n_probe=128, hessian_iters=3,
+                     n_trace=64, trace_samples=4, n_slice=64, direction_seeds=(0,))
 
 
 def probe_set(split_images: Tensor, split_labels: Tensor, settings: EvalSettings) -> tuple[Tensor, Tensor]:
@@ -46,31 +56,65 @@ def probe_set(split_images: Tensor, split_labels: Tensor, settings: EvalSettings
 
 def evaluate_model(model: nn.Module, test: tuple[Tensor, Tensor], probe: tuple[Tensor, Tensor],
                    settings: EvalSettings, normalization: tuple[float, float]) -> dict:
-    """Accuracies (%) on ``test``: clean, normalized (seed protocol at sigma 0), seed protocol,
-    pixel noise without and with clipping, corruptions; sharpness on ``probe`` (plain mean
-    cross-entropy): the Hessian eigenvalue of largest magnitude and 1-D loss slices along
-    filter-normalized directions."""
+    """Every metric of a record, with the time each group took (``seconds``).
+
+    On ``test``: accuracy (%) clean, normalized (seed protocol at sigma 0), under the seed
+    protocol, under pixel noise without and with clipping, under every corruption at the
+    benchmark's severity (and the MNIST-C and extended means), per severity on the first
+    ``n_sweep`` images, under FGSM (all images) and PGD (first ``n_pgd``). On ``probe`` (plain mean
+    cross-entropy): the largest Hessian eigenvalue, the Hessian trace (Hutchinson) and 1-D loss
+    slices along filter-normalized directions with their mean rise at alpha = +-1.
+    """
     test = tuple(t[: settings.n_test] for t in test)
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, compute):
+        start = time.perf_counter()
+        result = compute()
+        seconds[name] = time.perf_counter() - start
+        return result
 
     def keyed(results: dict[float, float]) -> dict[str, float]:
         return {f"{sigma:.1f}": accuracy for sigma, accuracy in results.items()}
 
-    eigenvalue, estimates = sharpness.hessian_max_eigenvalue(
-        model, *probe, iters=settings.hessian_iters, tol=settings.hessian_tol)
-    return {
-        "clean": L.accuracy(model, *test),
-        "normalized_clean": L.evaluate_noise(model, *test, [0.0], protocol="seed",
-                                             normalization=normalization)[0.0],
-        "seed_protocol": keyed(L.evaluate_noise(model, *test, L.SEED_SIGMAS, protocol="seed",
-                                                normalization=normalization)),
-        "pixel": keyed(L.evaluate_noise(model, *test, L.PIXEL_SIGMAS, protocol="pixel")),
-        "pixel_clip": keyed(L.evaluate_noise(model, *test, L.PIXEL_SIGMAS, protocol="pixel", clip=True)),
-        "corruptions": corruptions.evaluate_corruptions(model, *test),
-        "hessian": {"eigenvalue": eigenvalue, "estimates": estimates, "iterations": len(estimates),
-                    "converged": len(estimates) > 1 and abs(estimates[-1] - estimates[-2])
-                    <= settings.hessian_tol * abs(estimates[-1])},
-        "loss_directions": {"alphas": list(sharpness.ALPHAS), "losses": [
-            sharpness.loss_along_direction(model, *probe, sharpness.ALPHAS,
-                                           sharpness.filter_normalized_direction(model, seed=s))
-            for s in settings.direction_seeds]},
+    def noise() -> dict:
+        return {"clean": L.accuracy(model, *test),
+                "normalized_clean": L.evaluate_noise(model, *test, [0.0], protocol="seed",
+                                                     normalization=normalization)[0.0],
+                "seed_protocol": keyed(L.evaluate_noise(model, *test, L.SEED_SIGMAS, protocol="seed",
+                                                        normalization=normalization)),
+                "pixel": keyed(L.evaluate_noise(model, *test, L.PIXEL_SIGMAS, protocol="pixel")),
+                "pixel_clip": keyed(L.evaluate_noise(model, *test, L.PIXEL_SIGMAS, protocol="pixel", clip=True))}
+
+    def hessian() -> dict:
+        eigenvalue, estimates = sharpness.hessian_max_eigenvalue(
+            model, *probe, iters=settings.hessian_iters, tol=settings.hessian_tol)
+        return {"eigenvalue": eigenvalue, "estimates": estimates, "iterations": len(estimates),
+                "converged": len(estimates) > 1 and abs(estimates[-1] - estimates[-2])
+                <= settings.hessian_tol * abs(estimates[-1])}
+
+    def trace() -> dict:
+        mean, stderr = sharpness.hessian_trace(model, probe[0][: settings.n_trace], probe[1][: settings.n_trace],
+                                               samples=settings.trace_samples)
+        return {"mean": mean, "stderr": stderr}
+
+    def slices() -> dict:
+        images, labels = probe[0][: settings.n_slice], probe[1][: settings.n_slice]
+        losses = [sharpness.loss_along_direction(model, images, labels, sharpness.ALPHAS,
+                                                 sharpness.filter_normalized_direction(model, seed=s))
+                  for s in settings.direction_seeds]
+        return {"alphas": list(sharpness.ALPHAS), "losses": losses,
+                "rise": sharpness.slice_rise(losses, sharpness.ALPHAS)}
+
+    sweep = tuple(t[: settings.n_sweep] for t in test)
+    metrics = timed("noise", noise)
+    metrics |= {
+        "corruptions": timed("corruptions", lambda: corruptions.evaluate_corruptions(model, *test)),
+        "corruption_sweep": timed("corruption_sweep", lambda: corruptions.evaluate_corruption_sweep(model, *sweep)),
+        "adversarial": timed("adversarial", lambda: adversarial.evaluate_adversarial(
+            model, *test, settings.epsilons, n_pgd=settings.n_pgd, pgd_steps=settings.pgd_steps)),
+        "hessian": timed("hessian", hessian),
+        "hessian_trace": timed("hessian_trace", trace),
+        "loss_directions": timed("loss_directions", slices),
     }
+    return {**metrics, "seconds": seconds}

@@ -105,14 +105,15 @@ def verdict(result: Mapping, *, alpha: float = 0.05, names: tuple[str, str] = ("
     """The conclusion of a :func:`paired_test` result (``names`` label a and b):
 
     - ``"supported (a > b)"`` / ``"supported (a < b)"``: adjusted p (``p_holm`` when present,
-      else ``p``) below ``alpha``;
+      else ``p``) below ``alpha`` and, when present, the sign-flip ``p_nonparametric`` too (the
+      analysis plan asks both tests to agree);
     - ``"no effect (equivalent within ±margin)"``: otherwise, if the TOST p is below ``alpha``;
     - ``"inconclusive"`` otherwise.
     """
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
     p = result.get("p_holm", result["p"])
-    if p < alpha:
+    if p < alpha and result.get("p_nonparametric", 0.0) < alpha:
         return f"supported ({names[0]} {'>' if result['mean_difference'] > 0 else '<'} {names[1]})"
     if result.get("p_equivalence", math.nan) < alpha:
         return f"no effect (equivalent within ±{result['margin']:g})"

@@ -182,13 +182,16 @@ def evaluate_one(job: Job, size: Size, record: dict) -> dict:
     L.load_checkpoint(job.weights_path, model)
     model.to(device)
     start = time.perf_counter()
+    info = L.DATASETS[job.dataset]
     metrics = evaluation.evaluate_model(model, data["test"], data["probe"], size.evaluation,
-                                        normalization=(L.DATASETS[job.dataset].mean, L.DATASETS[job.dataset].std))
+                                        normalization=(info.mean, info.std))
+    parts = metrics.pop("seconds")
     return {**record, "metrics": metrics, "evaluation": {"settings": size.evaluation.as_dict(),
-                                                         "code": code_version()},
+                                                         "code": code_version(),
+                                                         "threads": torch.get_num_threads()},
             "sizes": {**record["sizes"], "test": len(data["test"][0][: size.evaluation.n_test]),
                       "probe": len(data["probe"][0])},
-            "seconds": {**record["seconds"], "evaluate": time.perf_counter() - start}}
+            "seconds": {**record["seconds"], "evaluate": time.perf_counter() - start, "evaluate_parts": parts}}
 
 
 def run_job(job: Job, threads: int | None) -> str:
@@ -210,7 +213,8 @@ def run_job(job: Job, threads: int | None) -> str:
     line = f"{job.name} seed {job.seed}: train {s['train']:.1f} s"
     if m:
         line += (f", eval {s['evaluate']:.1f} s | clean {m['clean']:.2f} %, pixel@0.6 {m['pixel']['0.6']:.2f} %, "
-                 f"corruptions {m['corruptions']['mean']:.2f} %, |lambda|_max {m['hessian']['eigenvalue']:.3g}")
+                 f"MNIST-C {m['corruptions']['mnist_c_mean']:.2f} %, PGD@0.1 {m['adversarial']['pgd']['0.1']:.2f} %, "
+                 f"lambda_max {m['hessian']['eigenvalue']:.3g}")
     if "perturbation_norm" in record:
         line += f", ||e(w)|| {record['perturbation_norm']['mean']:.4f}"
     return line

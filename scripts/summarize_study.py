@@ -131,22 +131,23 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
         row["planned_n"] = planned
         if len(common) < 2:
             return {**row, "n": len(common), "verdict": "missing (fewer than 2 paired seeds)"}
-        result = statistics.paired_test(*values, margin=margin)
-        return {**row, **result, "interim": len(common) < planned}
+        return {**row, **statistics.paired_test(*values, margin=margin), "interim": len(common) < planned}
 
     rows = []
-    families = (("primary", PRIMARY_CONTRASTS, PRIMARY_ENDPOINTS), ("secondary", SECONDARY_CONTRASTS, PRIMARY_ENDPOINTS),
+    families = (("primary", PRIMARY_CONTRASTS, PRIMARY_ENDPOINTS),
+                ("secondary", SECONDARY_CONTRASTS, PRIMARY_ENDPOINTS),
                 ("clean accuracy", PRIMARY_CONTRASTS, {"clean": CLEAN_MARGIN}),
                 ("manipulation check", (MANIPULATION_CHECK[:2],), {MANIPULATION_CHECK[2]: None}))
     for family, contrasts, endpoints in families:
-        family_rows = [test(a, b, metric, margin, family) for a, b in contrasts for metric, margin in endpoints.items()]
+        family_rows = [test(a, b, metric, margin, family)
+                       for a, b in contrasts for metric, margin in endpoints.items()]
         tested = {i: r["p"] for i, r in enumerate(family_rows) if "p" in r}
         adjusted = statistics.holm({str(i): p for i, p in tested.items()}) if tested else {}
         for i, r in enumerate(family_rows):
             if "p" in r:
                 if family in ("primary", "secondary"):
                     r["p_holm"] = adjusted[str(i)]
-                r["verdict"] = statistics.verdict(r, alpha=ALPHA)
+                r["verdict"] = statistics.verdict(r, alpha=ALPHA, names=tuple(r["contrast"].split(" - ")))
         rows += family_rows
     return rows
 
@@ -183,8 +184,9 @@ def interval(stats: dict | None, signed: bool = False, digits: int = 2) -> str:
     if not stats or stats.get("n", 0) == 0:
         return "-"
     spec = ("+" if signed else "") + f".{digits}f"
-    ci = "" if math.isnan(stats["ci_low"]) else f" [{stats['ci_low']:{spec}}, {stats['ci_high']:{spec}}]"
-    return f"{stats['mean']:{spec}}{ci}"
+    low, high = stats["ci95"]
+    mean = stats.get("mean_difference", stats.get("mean"))
+    return f"{mean:{spec}}" + ("" if math.isnan(low) else f" [{low:{spec}}, {high:{spec}}]")
 
 
 def p_value(p: float | None) -> str:
@@ -302,7 +304,7 @@ def mean_and_band(ax, x: list[float], curves: np.ndarray, colour, label: str) ->
     ax.plot(x, curves.mean(0), marker="o", ms=3, color=colour, label=label)
     if len(curves) >= 2:
         bands = [statistics.describe(list(column)) for column in curves.T]
-        ax.fill_between(x, [b["ci_low"] for b in bands], [b["ci_high"] for b in bands], color=colour, alpha=0.2)
+        ax.fill_between(x, [b["ci95"][0] for b in bands], [b["ci95"][1] for b in bands], color=colour, alpha=0.2)
 
 
 def plot_curves(runs: dict, path: Path, title: str, panels: list[tuple[str, str, callable]]) -> None:
@@ -359,7 +361,7 @@ def plot_seed_spread(flat: dict, path: Path, tag: str) -> None:
     fig, axes = plt.subplots(1, len(PRIMARY_ENDPOINTS), figsize=(15, 4.8), layout="constrained")
     generator = np.random.default_rng(0)  # horizontal jitter only
     for ax, endpoint in zip(axes, PRIMARY_ENDPOINTS):
-        for i, (config, seeds) in enumerate(flat.items()):
+        for i, seeds in enumerate(flat.values()):
             values = [f[endpoint] for f in seeds.values()]
             ax.scatter(i + generator.uniform(-0.15, 0.15, len(values)), values, s=16, alpha=0.7)
             ax.hlines(np.mean(values), i - 0.3, i + 0.3, color="black")
@@ -397,7 +399,8 @@ def figures(runs: dict, flat: dict, out_dir: Path, tag: str) -> None:
                   lambda r, n=n: {k: v for k, v in r["metrics"]["corruption_sweep"][n].items() if k != "mean"})
                  for n in names])
     plot_curves(runs, out_dir / "adversarial.png", "Accuracy under attack (L∞, pixels in [0, 1])" + tag,
-                [(attack.upper(), "ε", lambda r, a=attack: r["metrics"]["adversarial"][a]) for attack in ("fgsm", "pgd")])
+                [(attack.upper(), "ε", lambda r, a=attack: r["metrics"]["adversarial"][a])
+                 for attack in ("fgsm", "pgd")])
     plot_sharpness(runs, flat, out_dir / "sharpness_vs_robustness.png", tag)
     plot_seed_spread(flat, out_dir / "seed_spread.png", tag)
     plot_loss_directions(runs, out_dir / "loss_directions.png", tag)

@@ -1,8 +1,8 @@
 """SAM optimizer and frozen_batchnorm_stats, checked against hand computations."""
 
-import warnings
 import copy
 import math
+import warnings
 
 import pytest
 import torch

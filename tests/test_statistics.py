@@ -118,8 +118,9 @@ def test_holm_rejects_bad_p(p):
 
 
 def test_verdict_uses_the_adjusted_p_and_names_the_direction():
-    result = paired_test({0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}, {0: 2.0, 1: 3.1, 2: 3.9, 3: 5.0}, margin=0.01)
-    assert result["p"] < 0.05 and result["mean_difference"] < 0
+    a = {s: float(s) for s in range(6)}
+    result = paired_test(a, {s: s + 1.0 + 0.1 * (s % 2) for s in range(6)}, margin=0.01)
+    assert result["p"] < 0.05 and result["p_nonparametric"] == pytest.approx(2 / 64) and result["mean_difference"] < 0
     assert verdict(result) == "supported (a < b)"
     assert verdict(result, names=("sam", "baseline")) == "supported (sam < baseline)"
     assert verdict({**result, "p_holm": 0.2}) == "inconclusive"
@@ -127,3 +128,10 @@ def test_verdict_uses_the_adjusted_p_and_names_the_direction():
     assert verdict(result, alpha=result["p"] / 2) == "inconclusive"
     with pytest.raises(ValueError, match="alpha"):
         verdict(result, alpha=1.5)
+
+
+def test_verdict_needs_the_sign_flip_test_to_agree():
+    """n = 4 differences of one sign: the t test is significant, the exact sign-flip test cannot be (p >= 2/16)."""
+    result = paired_test({0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}, {0: 2.0, 1: 3.1, 2: 3.9, 3: 5.0})
+    assert result["p"] < 0.05 and result["p_nonparametric"] == pytest.approx(2 / 16)
+    assert verdict(result) == "inconclusive"
