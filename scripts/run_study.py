@@ -210,7 +210,7 @@ def run_job(job: Job, threads: int | None) -> str:
     line = f"{job.name} seed {job.seed}: train {s['train']:.1f} s"
     if m:
         line += (f", eval {s['evaluate']:.1f} s | clean {m['clean']:.2f} %, pixel@0.6 {m['pixel']['0.6']:.2f} %, "
-                 f"corruptions {m['corruptions']['mean']:.2f} %, |lambda|_max {m['hessian']['eigenvalue']:.3g}")
+                 f"MNIST-C {m['corruptions']['mnist_c_mean']:.2f} %, |lambda|_max {m['hessian']['eigenvalue']:.3g}")
     if "perturbation_norm" in record:
         line += f", ||e(w)|| {record['perturbation_norm']['mean']:.4f}"
     return line

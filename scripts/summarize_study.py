@@ -3,7 +3,7 @@
 Reads ``{study_dir}/*.json`` (written by run_study.py; any subset of configurations and seeds) and
 writes ``{out_dir}/study_summary.csv`` and ``.json`` and the figures ``study_noise_curves.png``,
 ``study_corruptions.png``, ``study_sharpness_vs_robustness.png`` and ``study_loss_directions.png``.
-``--corruption-examples`` also draws ``corruption_examples.png`` (every corruption on 6 test
+``--corruption-examples`` also draws ``corruption_examples.png`` (every corruption on 3 test
 digits; needs only MNIST, no runs). ``--readme README.md`` rewrites the part of that file between
 the markers ``<!-- study-results:begin -->`` and ``<!-- study-results:end -->`` with the Markdown
 tables of this summary, so the README's numbers are the ones this script computed.
@@ -22,7 +22,6 @@ import json
 import math
 import statistics
 import sys
-import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -39,7 +38,7 @@ ORDER = ("baseline", "adam-sam", "sgd", "asam", "sam-0.05", "sam-0.5", "noise-au
 PAIRS = (("asam", "sgd"), ("sam-0.05", "sgd"), ("sam-0.5", "sgd"), ("adam-sam", "baseline"),
          ("noise-aug", "sgd"))
 HEADLINE = ("clean", "normalized_clean", "seed_0.6", "pixel_0.6", "pixel_clip_0.6",
-            "corruption_mean", "hessian_eigenvalue", "perturbation_norm")
+            "corruption_mnist_c_mean", "corruption_extended_mean", "hessian_eigenvalue", "perturbation_norm")
 # t_{0.975, df} for df = 1..30, from the standard table (checked to 4 decimals against numerical
 # integration of the t density). Above 30 the Cornish-Fisher expansion below is accurate to 1e-4.
 T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010,
@@ -49,7 +48,7 @@ NAN = float("nan")
 README_BEGIN, README_END = "<!-- study-results:begin -->", "<!-- study-results:end -->"
 REPORT_COLUMNS = {"clean": "clean", "normalized_clean": "normalized, no noise", "seed_0.6": "seed σ=0.6",
                   "pixel_0.6": "pixel σ=0.6", "pixel_clip_0.6": "pixel σ=0.6, clipped",
-                  "corruption_mean": "corruptions (mean)", "hessian_eigenvalue": "λ_max (Hessian)"}
+                  "corruption_mnist_c_mean": "MNIST-C (mean)", "hessian_eigenvalue": "λ_max (Hessian)"}
 NOTE = ("mean, std (ddof=1) and 95 % t confidence interval of the mean over seeds; paired: of the "
         "per-seed differences config - reference over the seeds both have. n = 1: std and CI undefined "
         "(null). Accuracies in %; hessian_eigenvalue: largest Hessian eigenvalue of the mean training "
@@ -200,7 +199,7 @@ def markdown_report(rows: list[dict], runs: dict[str, dict[int, dict]]) -> str:
     if pairs:
         lines += table("paired difference", pairs, "paired", REPORT_COLUMNS) + [""]
         corruptions = [m for m in stats[("paired", pairs[0])]
-                       if m.startswith("corruption_") and m != "corruption_mean"]
+                       if m.startswith("corruption_") and not m.endswith("_mean")]
         header = ["corruption", *(f"{p} (n={stats[('paired', p)]['clean']['n']})" for p in pairs)]
         rows = [[m.removeprefix("corruption_").replace("_", " "),
                  *(cell(stats[("paired", p)].get(m), True) for p in pairs)] for m in corruptions]
@@ -263,7 +262,8 @@ def plot_noise_curves(runs: dict, path: Path, tag: str) -> None:
 
 def plot_corruptions(runs: dict, path: Path, tag: str) -> None:
     """Heat map configuration x corruption of the mean accuracy, numbers in the cells."""
-    names = list(next(iter(next(iter(runs.values())).values()))["metrics"]["corruptions"])
+    names = [n for n in next(iter(next(iter(runs.values())).values()))["metrics"]["corruptions"]
+             if not n.endswith("_mean")]
     grid = np.array([[np.mean([r["metrics"]["corruptions"][n] for r in seeds.values()]) for n in names]
                      for seeds in runs.values()])
     fig, ax = plt.subplots(figsize=(0.75 * len(names) + 3, 0.55 * len(runs) + 2.2), layout="tight")
@@ -274,7 +274,7 @@ def plot_corruptions(runs: dict, path: Path, tag: str) -> None:
     ax.set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=40, ha="right")
     ax.set_yticks(range(len(runs)), [f"{c} (n={len(s)})" for c, s in runs.items()])
     fig.colorbar(image, ax=ax, label="test accuracy (%)")
-    ax.set_title(f"Mean accuracy under each corruption at its default severity{tag}")
+    ax.set_title(f"Mean accuracy under each corruption at MNIST-C's severity{tag}")
     save(fig, path)
 
 
@@ -285,8 +285,8 @@ def plot_sharpness(runs: dict, path: Path, tag: str) -> None:
     for config, seeds in runs.items():
         if any(r["metrics"]["hessian"]["eigenvalue"] <= 0 for r in seeds.values()):
             print(f"note: non-positive Hessian eigenvalue(s) of {config} left off the log axis")
-    for ax, ylabel, key in zip(axes, ("accuracy, pixel noise σ = 0.6, no clip (%)",
-                                      "mean corruption accuracy (%)"), (("pixel", "0.6"), ("corruptions", "mean"))):
+    for ax, ylabel, key in zip(axes, ("accuracy, pixel noise σ = 0.6, no clip (%)", "MNIST-C mean accuracy (%)"),
+                               (("pixel", "0.6"), ("corruptions", "mnist_c_mean"))):
         for config, seeds in runs.items():
             points = [(r["metrics"]["hessian"]["eigenvalue"], r["metrics"][key[0]][key[1]])
                       for r in seeds.values()]
@@ -318,28 +318,9 @@ def plot_loss_directions(runs: dict, path: Path, tag: str) -> None:
 
 
 def corruption_examples(path: Path) -> None:
-    """Every corruption (seed 0, default severity) on the first 6 test digits of distinct classes."""
-    images, labels = L.load_mnist(train=False)
-    first = {}
-    for i, label in enumerate(labels.tolist()):
-        first.setdefault(label, i)
-        if len(first) == 6:
-            break
-    x = images[list(first.values())]
-    rows = [("clean", x, "")] + [
-        (name, corruptions.corrupt(x, name, seed=0), f"{severity:g}: " + unit.replace("; identity at 0", ""))
-        for name, (_, severity, unit) in corruptions.CORRUPTIONS.items()]
-    fig, axes = plt.subplots(len(rows), len(x), figsize=(9, 1.15 * len(rows)), layout="constrained")
-    for r, (name, batch, label) in enumerate(rows):
-        for c, ax in enumerate(axes[r]):
-            ax.imshow(batch[c, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"label {list(first)[c]}", fontsize=9)
-        axes[r, 0].set_ylabel(f"{name}\n" + textwrap.fill(label, 30), rotation=0, ha="right",
-                              va="center", fontsize=8)
-    fig.suptitle("MNIST corruptions at the suite's default severity (severity: unit), seed 0", fontsize=11)
-    save(fig, path)
+    """Every corruption of both sets (seed 0, the benchmark's level) on the first 3 test digits."""
+    images, _ = L.load_mnist(train=False)
+    save(corruptions.plot_corruption_examples(images[:3]), path)
 
 
 def main() -> None:
