@@ -132,6 +132,18 @@ def test_glass_blur_keeps_mass_and_blurs_only_vertically():
     assert (unswapped[..., 6:22, 13] > 0.5).float().mean() > 0.5
 
 
+def test_glass_blur_shuffle_is_a_permutation(monkeypatch):
+    import analysis.corruptions as module
+
+    monkeypatch.setattr(module, "_gaussian_1d", lambda images, sigma, dim: images)  # only the 8-bit cast and swaps
+    noise = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    out = corrupt(noise, "glass_blur", severity=5)  # swaps within 4 pixels
+    quantized = torch.floor(noise * 255) / 255
+    assert (out != quantized).float().mean() > 0.5
+    torch.testing.assert_close(out.flatten(1).sort(1).values, quantized.flatten(1).sort(1).values)
+    assert torch.equal(out[..., 0, :], quantized[..., 0, :]) and torch.equal(out[..., 0], quantized[..., 0])
+
+
 def test_motion_blur_is_one_sided_within_45_degrees():
     dot = torch.zeros(16, 1, 28, 28)
     dot[:, :, 13, 20] = 1.0
