@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import lenet_utils as L
-from analysis.corruptions import CORRUPTIONS, corrupt
+from analysis.corruptions import CORRUPTIONS, EXTENDED_CORRUPTIONS, corrupt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -53,5 +53,10 @@ def test_cuda_matches_cpu_in_float32():
 def test_noise_and_corruptions_on_cuda_are_deterministic():
     images, _ = synthetic("cuda", n=64)
     assert torch.equal(L.add_gaussian_noise(images, 0.6, seed=3), L.add_gaussian_noise(images, 0.6, seed=3))
-    for name in CORRUPTIONS:
-        assert torch.equal(corrupt(images, name, seed=1), corrupt(images, name, seed=1))
+    for name in [*CORRUPTIONS, *EXTENDED_CORRUPTIONS]:
+        for severity in (1, 5):
+            out = corrupt(images, name, severity, seed=1)
+            assert out.is_cuda and out.dtype == images.dtype and 0 <= out.min() and out.max() <= 1, name
+            assert torch.equal(out, corrupt(images, name, severity, seed=1)), name
+    for name in ("stripe", "scale", "canny_edges", "contrast"):  # no random draws: CPU and CUDA agree
+        torch.testing.assert_close(corrupt(images, name).cpu(), corrupt(images.cpu(), name), rtol=0, atol=1e-5)
