@@ -24,7 +24,7 @@ class EvalSettings:
 
     n_test: int | None = None  # None: the whole test set
     n_sweep: int = 1000  # images per corruption severity in the severity sweeps
-    n_pgd: int = 2000
+    n_pgd: int = 1000
     pgd_steps: int = 20
     epsilons: tuple[float, ...] = adversarial.EPSILONS
     n_probe: int = 2048  # sharpness probe images, drawn from the split's training images
