@@ -141,12 +141,13 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
     for family, contrasts, endpoints in families:
         family_rows = [test(a, b, metric, margin, family)
                        for a, b in contrasts for metric, margin in endpoints.items()]
-        tested = {i: r["p"] for i, r in enumerate(family_rows) if "p" in r}
+        # a NaN p (identical paired values: no variance) is not a test; it stays out of Holm
+        tested = {i: r["p"] for i, r in enumerate(family_rows) if "p" in r and not math.isnan(r["p"])}
         adjusted = statistics.holm({str(i): p for i, p in tested.items()}) if tested else {}
         for i, r in enumerate(family_rows):
             if "p" in r:
                 if family in ("primary", "secondary"):
-                    r["p_holm"] = adjusted[str(i)]
+                    r["p_holm"] = adjusted.get(str(i), math.nan)
                 r["verdict"] = statistics.verdict(r, alpha=ALPHA, names=tuple(r["contrast"].split(" - ")))
         rows += family_rows
     return rows
@@ -164,11 +165,11 @@ def exploratory(flat: dict[str, dict[int, dict]]) -> tuple[dict, dict]:
                for c, seeds in flat.items()}
     paired = {}
     for a, b in EXPLORATORY_CONTRASTS:
-        if a in flat and b in flat:
-            common = sorted(set(flat[a]) & set(flat[b]))
+        common = sorted(set(flat.get(a, {})) & set(flat.get(b, {})))
+        if common:  # no shared seeds: no paired differences (and no empty entry)
             metrics = [m for m in configs[a] if m in configs[b]]
             paired[f"{a} - {b}"] = {m: {**statistics.describe([flat[a][s][m] - flat[b][s][m] for s in common]),
-                                        "seeds": common} for m in metrics if common}
+                                        "seeds": common} for m in metrics}
     return configs, paired
 
 
@@ -190,7 +191,7 @@ def interval(stats: dict | None, signed: bool = False, digits: int = 2) -> str:
 
 
 def p_value(p: float | None) -> str:
-    return "-" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+    return "-" if p is None or math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
 def plan_table(rows: list[dict]) -> str:

@@ -1,237 +1,260 @@
-"""The study scripts: summary statistics on known numbers, the summary and figures on synthetic
-records, and an end-to-end ``run_study.py --quick`` + ``summarize_study.py`` on real MNIST."""
+"""scripts/summarize_study.py on synthetic records: the plan's constants against
+results/ANALYSIS_PLAN.md, the plan's tests on numbers with known answers, and the summary, README
+block and figures end to end."""
 
 import csv
 import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
+import re
 
 import pytest
+from scipy import stats
 
 from analysis.corruptions import CORRUPTIONS, EXTENDED_CORRUPTIONS
-from lenet_utils import MNIST_FILES
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST_ROOT = Path(os.environ.get("MNIST_ROOT", ROOT / "data"))
-HAVE_MNIST = all((MNIST_ROOT / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES)
-needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"real MNIST not in {MNIST_ROOT}/MNIST/raw "
-                                 "(set MNIST_ROOT to a folder holding MNIST/raw/)")
+spec = importlib.util.spec_from_file_location("summarize_study", ROOT / "scripts" / "summarize_study.py")
+S = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(S)
+
+PLAN = (ROOT / "results" / "ANALYSIS_PLAN.md").read_text()
 SIGMAS = [f"{0.1 * i:.1f}" for i in range(11)]
+EPSILONS = ["0.05", "0.1", "0.2", "0.3"]
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def wiggle(seed: int, salt: int = 0) -> float:
+    """Deterministic seed-to-seed noise in [-1, 1]."""
+    return math.sin(1.7 * seed + 0.9 * salt)
 
 
-summarize_study = load_script("summarize_study")
+def fake_record(config: str, seed: int, accuracy: float = 97.0, shifts: dict | None = None, *,
+                quick: bool = False, code: str = "abc") -> dict:
+    """A full evaluated record (run_study.py's layout) with made-up numbers that vary by seed;
+    ``shifts`` adds to the primary endpoints and ``clean`` (by flat metric name)."""
+    shifts = shifts or {}
+    acc = accuracy + wiggle(seed)
+    pixel = {s: acc - 60 * float(s) ** 2 + (shifts.get("pixel_0.6", 0) if s == "0.6" else 0) for s in SIGMAS}
+    names = [*CORRUPTIONS, *EXTENDED_CORRUPTIONS]
+    corr = {n: acc - 5 - i % 7 + wiggle(seed, i) for i, n in enumerate(names)}
+    corr["mnist_c_mean"] = sum(corr[n] for n in CORRUPTIONS) / len(CORRUPTIONS) + shifts.get("mnist_c_mean", 0)
+    corr["extended_mean"] = sum(corr[n] for n in EXTENDED_CORRUPTIONS) / len(EXTENDED_CORRUPTIONS)
+    sweep = {n: {**{str(k): corr[n] + 2 - k for k in range(1, 6)}, "mean": corr[n] - 1} for n in names}
+    pgd = {e: acc - 300 * float(e) + (shifts.get("pgd_0.1", 0) if e == "0.1" else 0) for e in EPSILONS}
+    sharp = 30.0 if "sam" in config else 50.0
+    record = {
+        "config": config, "seed": seed, "dataset": "mnist", "quick": quick, "hyperparameters": {"lr": 0.1},
+        "sizes": {"train": 55000, "val": 5000, "test": 10000, "probe": 1000}, "history": [],
+        "training_code": {"git_commit": "x"}, "seconds": 1.0, "threads": 1,
+        "metrics": {
+            "clean": acc + 2 + shifts.get("clean", 0), "normalized_clean": acc + 1.9,
+            "seed_protocol": {s: acc - 20 * float(s) for s in ("0.4", "0.6", "0.8")},
+            "pixel": pixel, "pixel_clip": {s: v + 5 * float(s) for s, v in pixel.items()},
+            "corruptions": corr, "corruption_sweep": sweep,
+            "adversarial": {"fgsm": {e: v + 5 for e, v in pgd.items()}, "pgd": pgd, "n_fgsm": 10000,
+                            "n_pgd": 1000, "pgd_steps": 20, "epsilons": [float(e) for e in EPSILONS]},
+            "hessian": {"eigenvalue": sharp + wiggle(seed, len(config)), "estimates": [sharp], "iterations": 1,
+                        "converged": True},
+            "hessian_trace": {"mean": 10 * sharp + wiggle(seed, 2), "stderr": 1.0},
+            "loss_directions": {"alphas": [-1.0, 0.0, 1.0], "rise": sharp / 10,
+                                "losses": [[0.5, 0.05, 0.6], [0.4, 0.05, 0.5]]}},
+        "evaluation": {"settings": {"n_pgd": 1000}, "code": {"git_commit": f"c{seed}", "analysis": code},
+                       "threads": 1}}
+    if "sam" in config:
+        record["perturbation_norm"] = {"mean": 0.05, "min": 0.04, "max": 0.06}
+    return record
 
 
-def script(name: str, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MNIST_ROOT": str(MNIST_ROOT)}
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
+def flat_of(records: list[dict]) -> dict[str, dict[int, dict]]:
+    flat: dict[str, dict[int, dict]] = {}
+    for r in records:
+        flat.setdefault(r["config"], {})[r["seed"]] = S.flat_metrics(r)
+    return flat
 
 
-# ----------------------------------------------------------------------------- statistics
+# asam - sgd: +2 on pixel_0.6, ~0 on mnist_c_mean (tiny spread), +-6 on pgd_0.1 (noisy)
+KNOWN = {"pixel_0.6": lambda s: 2 + 0.1 * wiggle(s, 3), "mnist_c_mean": lambda s: 0.02 * wiggle(s, 4),
+         "pgd_0.1": lambda s: 6.0 * (-1) ** s + 0.1 * wiggle(s, 5), "clean": lambda s: 0.05 * wiggle(s, 6)}
 
 
-def test_t_quantiles_match_the_table():
-    t = summarize_study.t_quantile_975
-    assert t(1) == pytest.approx(12.706, abs=1e-3)
-    assert t(2) == pytest.approx(4.303, abs=1e-3)
-    assert t(30) == pytest.approx(2.042, abs=1e-3)
-    assert t(31) == pytest.approx(2.0395, abs=1e-4)  # the expansion takes over smoothly
-    assert t(100) == pytest.approx(1.9840, abs=1e-4)
-    with pytest.raises(ValueError):
-        t(0)
+def study(seeds) -> list[dict]:
+    return [r for s in seeds for r in (fake_record("sgd", s),
+                                       fake_record("asam", s, shifts={m: f(s) for m, f in KNOWN.items()}))]
 
 
-def test_describe_on_known_numbers():
-    stats = summarize_study.describe([1.0, 2.0, 3.0])
-    assert (stats["n"], stats["mean"], stats["std"]) == (3, 2.0, 1.0)
-    half = 4.3027 / math.sqrt(3)
-    assert (stats["ci_low"], stats["ci_high"]) == pytest.approx((2 - half, 2 + half))
-    single = summarize_study.describe([5.0])
-    assert single["mean"] == 5.0 and "undefined" in single["note"]
-    assert all(math.isnan(single[k]) for k in ("std", "ci_low", "ci_high"))
+def rows_by(rows: list[dict], family: str) -> dict[tuple[str, str], dict]:
+    return {(r["contrast"], r["metric"]): r for r in rows if r["family"] == family}
 
 
-def test_paired_difference_uses_common_seeds_only():
-    stats = summarize_study.paired({0: 3.0, 1: 5.0, 2: 4.0, 3: 9.0}, {0: 1.0, 1: 2.0, 2: 2.0, 5: 0.0})
-    assert stats["seeds"] == "0 1 2"
-    assert stats["mean"] == pytest.approx(7 / 3)  # differences 2, 3, 2
-    assert stats["std"] == pytest.approx(math.sqrt(1 / 3))
-    assert stats["ci_high"] - stats["mean"] == pytest.approx(4.3027 * math.sqrt(1 / 3) / math.sqrt(3))
-    assert math.isnan(summarize_study.paired({0: 1.0}, {0: 0.5})["ci_low"])
+# ----------------------------------------------------------------------------- the plan
 
 
-# ----------------------------------------------------------------------------- summary on synthetic runs
+def test_plan_constants_match_the_plan():
+    section = PLAN.split("## Primary endpoints")[1].split("\n## ")[0]
+    assert re.findall(r"^\| `([^`]+)` \|", section, re.M) == list(S.PRIMARY_ENDPOINTS)
+    margins = {m: float(v) for m, v in re.findall(r"^\| `([^`]+)` \| ([\d.]+) \|$", PLAN, re.M)}
+    assert margins == {**S.PRIMARY_ENDPOINTS, "clean": S.CLEAN_MARGIN}
+    contrasts = lambda text: [tuple(c.split(" - ")) for c in re.findall(r"`([\w.-]+ - [\w.-]+)`", text)]  # noqa: E731
+    primary = re.search(r"\*\*Primary family.*?(?=\n- \*\*)", PLAN, re.S).group()
+    secondary = re.search(r"\*\*Secondary family.*?(?=\n- \*\*)", PLAN, re.S).group()
+    assert contrasts(primary) == list(S.PRIMARY_CONTRASTS)
+    assert contrasts(secondary) == list(S.SECONDARY_CONTRASTS)
+    assert re.search(r"lower for `(\w+)` than for `(\w+)`", PLAN).groups() == S.MANIPULATION_CHECK[:2]
+    seeds = PLAN.split("## Seeds")[1].split("\n## ")[0]
+    ranges = re.findall(r"seeds (\d+)-(\d+) for", seeds)
+    assert {int(a) for a, _ in ranges} == {S.CONFIRMATORY_FIRST_SEED}
+    assert [int(b) + 1 for _, b in ranges] == [S.PLANNED_SEEDS["mnist"]["asam"], S.PLANNED_SEEDS["mnist"]["*"]]
+    assert S.PLANNED_SEEDS["mnist"]["asam"] == S.PLANNED_SEEDS["mnist"]["sgd"]
+    fashion = re.search(r"Fashion-MNIST \(seeds 0-(\d+)", PLAN).group(1)
+    assert S.PLANNED_SEEDS["fashion-mnist"] == {"*": int(fashion) + 1}
+    assert {float(a) for a in re.findall(r"alpha (0\.\d+)", PLAN)} == {S.ALPHA}
 
 
-def fake_record(config: str, seed: int, accuracy: float) -> dict:
-    """A run record with run_study.py's metric layout and made-up numbers."""
-    return {"config": config, "seed": seed, "quick": False, "metrics": {
-        "clean": accuracy, "normalized_clean": accuracy - 1,
-        "seed_protocol": {s: accuracy - 2 for s in ("0.4", "0.6", "0.8")},
-        "pixel": {s: accuracy - 10 * float(s) for s in SIGMAS},
-        "pixel_clip": {s: accuracy - 30 * float(s) for s in SIGMAS},
-        "corruptions": {"rotate": accuracy - 5, "fog": accuracy - 7, "contrast": accuracy - 8,
-                        "mnist_c_mean": accuracy - 6, "extended_mean": accuracy - 8},
-        "hessian": {"eigenvalue": accuracy / 10},
-        "loss_directions": {"alphas": [-1.0, 0.0, 1.0], "n_images": 8, "losses": [[2.0, 0.1, 3.0]] * 3}}}
+# ----------------------------------------------------------------------------- the plan's tests
 
 
-def test_summary_of_any_subset(tmp_path, monkeypatch, capsys):
-    study = tmp_path / "study"
-    study.mkdir()
-    runs = [("asam", s, 98 + s) for s in range(3)] + [("sgd", s, 97.5) for s in range(2)] + [("baseline", 0, 96)]
-    for config, seed, accuracy in runs:
-        (study / f"{config}_seed{seed}.json").write_text(json.dumps(fake_record(config, seed, accuracy)))
-    monkeypatch.setattr(sys, "argv", ["summarize_study.py", "--study-dir", str(study), "--out-dir", str(tmp_path)])
-    summarize_study.main()
-    summary = json.loads((tmp_path / "study_summary.json").read_text())
-    assert list(summary["configs"]) == ["baseline", "sgd", "asam"]
-    assert list(summary["paired"]) == ["asam - sgd"]  # the other pairs lack a member
-    diff = summary["paired"]["asam - sgd"]["clean"]
-    assert (diff["n"], diff["mean"], diff["seeds"]) == (2, pytest.approx(1.0), "0 1")  # 0.5 and 1.5
-    assert summary["configs"]["baseline"]["clean"]["ci_low"] is None  # n = 1: undefined
-    with open(tmp_path / "study_summary.csv") as f:
-        rows = list(csv.DictReader(f))
-    metrics = {r["metric"] for r in rows if r["config"] == "asam" and r["kind"] == "config"}
-    assert {"clean", "normalized_clean", "seed_0.6", "pixel_1.0", "pixel_clip_0.3", "corruption_fog",
-            "corruption_mnist_c_mean", "corruption_extended_mean", "hessian_eigenvalue"} <= metrics
-    for name in ("noise_curves", "corruptions", "sharpness_vs_robustness", "loss_directions"):
-        assert (tmp_path / f"study_{name}.png").stat().st_size > 10_000
-    assert "asam - sgd" in capsys.readouterr().out
+def test_plan_results_known_answers():
+    records = study(range(20))  # seeds 3-19 confirmatory: n = 17 = planned
+    rows = S.plan_results(flat_of(records), "mnist", confirmatory=True)
+    primary = rows_by(rows, "primary")
+    assert set(primary) == {("asam - sgd", m) for m in S.PRIMARY_ENDPOINTS}
+    assert all(r["n"] == r["planned_n"] == 17 and not r["interim"] for r in primary.values())
+    pixel, corr, pgd = (primary["asam - sgd", m] for m in S.PRIMARY_ENDPOINTS)
+    differences = [KNOWN["pixel_0.6"](s) for s in range(3, 20)]
+    assert pixel["mean_difference"] == pytest.approx(sum(differences) / 17)
+    assert pixel["verdict"] == "supported (asam > sgd)"
+    assert corr["verdict"] == "no effect (equivalent within ±1)"
+    assert pgd["verdict"] == "inconclusive"
+    # Holm by hand over the family's three paired-t p-values
+    flat = flat_of([r for r in records if r["seed"] >= 3])
+    p = {m: stats.ttest_rel([flat["asam"][s][m] for s in range(3, 20)],
+                            [flat["sgd"][s][m] for s in range(3, 20)]).pvalue for m in S.PRIMARY_ENDPOINTS}
+    order = sorted(p, key=p.get)
+    holm, running = {}, 0.0
+    for i, m in enumerate(order):
+        running = max(running, min(1.0, (3 - i) * p[m]))
+        holm[m] = running
+    for m in S.PRIMARY_ENDPOINTS:
+        assert primary["asam - sgd", m]["p"] == pytest.approx(p[m])
+        assert primary["asam - sgd", m]["p_holm"] == pytest.approx(holm[m])
+    assert pixel["p_holm"] == pytest.approx(3 * p["pixel_0.6"])  # the smallest of three
+    # configurations without runs: missing, outside the Holm family
+    secondary = rows_by(rows, "secondary")
+    assert len(secondary) == 3 * len(S.SECONDARY_CONTRASTS)
+    assert all(r["verdict"].startswith("missing") and "p" not in r for r in secondary.values())
+    check = rows_by(rows, "manipulation check")["asam - sgd", "hessian_eigenvalue"]
+    assert check["verdict"] == "supported (asam < sgd)" and "p_holm" not in check
+    assert rows_by(rows, "clean accuracy")["asam - sgd", "clean"]["margin"] == S.CLEAN_MARGIN
 
 
-def test_readme_block_is_rewritten_from_the_runs(tmp_path, monkeypatch):
-    study = tmp_path / "study"
-    study.mkdir()
-    for config, seed, accuracy in [("asam", 0, 99.0), ("asam", 1, 98.0), ("sgd", 0, 97.0), ("sgd", 1, 97.5)]:
-        (study / f"{config}_seed{seed}.json").write_text(json.dumps(fake_record(config, seed, accuracy)))
+def test_seeds_0_to_2_are_sensitivity_only_and_interim():
+    flat = flat_of(study(range(3)))
+    confirmatory = S.plan_results(flat, "mnist", confirmatory=True)
+    assert confirmatory and all(r["verdict"].startswith("missing") for r in confirmatory)
+    assert all(r["n"] == 0 for r in confirmatory)
+    tested = [r for r in S.plan_results(flat, "mnist", confirmatory=False) if "p" in r]
+    assert {(r["family"], r["metric"]) for r in tested} >= {("primary", m) for m in S.PRIMARY_ENDPOINTS}
+    assert all(r["n"] == 3 and r["planned_n"] == 20 and r["interim"] for r in tested)
+    assert "(interim)" in S.plan_table(tested)
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
+def test_identical_paired_values_stay_out_of_holm():
+    records = [fake_record("sgd", s) for s in range(3, 8)]
+    records += [fake_record("asam", s, shifts={"pgd_0.1": KNOWN["pgd_0.1"](s)}) for s in range(3, 8)]
+    primary = rows_by(S.plan_results(flat_of(records), "mnist", confirmatory=True), "primary")
+    pgd, pixel = primary["asam - sgd", "pgd_0.1"], primary["asam - sgd", "pixel_0.6"]
+    assert math.isnan(pixel["p"]) and math.isnan(pixel["p_holm"]) and pixel["verdict"].startswith("no effect")
+    assert pgd["p_holm"] == pgd["p"] and pgd["verdict"] == "inconclusive"  # a family of one test
+    assert "| nan" not in S.plan_table(list(primary.values()))
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def write(folder, records):
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in records:
+        (folder / f"{r['config']}-seed{r['seed']}.json").write_text(json.dumps(r))
+    return folder
+
+
+def test_unevaluated_records_are_left_out_with_a_note(tmp_path, capsys):
+    trained = {k: v for k, v in fake_record("sgd", 4).items() if k not in ("metrics", "evaluation")}
+    runs = S.load_runs(write(tmp_path, [fake_record("asam", 3), fake_record("sgd", 3), trained]))
+    assert {c: list(s) for c, s in runs.items()} == {"sgd": [3], "asam": [3]}  # study order
+    assert "sgd-seed4.json is trained but not evaluated" in capsys.readouterr().out
+
+
+def test_different_evaluation_code_warns(tmp_path, capsys):
+    same = S.load_runs(write(tmp_path / "a", [fake_record("asam", 3), fake_record("sgd", 3)]))
+    assert S.check_consistency(same) == []  # the git commit alone may differ
+    mixed = write(tmp_path / "b", [fake_record("asam", 3), fake_record("sgd", 3, code="other")])
+    assert any("different evaluation code" in w for w in S.check_consistency(S.load_runs(mixed)))
+    S.main(["--study-dir", str(mixed), "--out-dir", str(tmp_path / "out")])
+    assert "WARNING: the records were evaluated with different evaluation code" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "study_summary.json").read_text())["warnings"]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+FIGURES = ("noise_curves.png", "corruption_severity.png", "adversarial.png", "sharpness_vs_robustness.png",
+           "seed_spread.png", "loss_directions.png")
+
+
+def test_main_end_to_end(tmp_path):
+    # swa only has seeds 0-1: "asam - swa" shares no seeds with asam's 3-6
+    records = study(range(3, 7)) + [fake_record("swa", s) for s in (0, 1)]
+    study_dir, out = write(tmp_path / "study", records), tmp_path / "out"
+    begin, end = S.readme_markers("mnist")
+    other = "<!-- study-results:fashion-mnist:begin -->\nkeep\n<!-- study-results:fashion-mnist:end -->"
     readme = tmp_path / "README.md"
-    begin, end = summarize_study.README_BEGIN, summarize_study.README_END
-    readme.write_text(f"# Title\n\n{begin}\nold table\n{end}\n\nkept text\n")
-    monkeypatch.setattr(sys, "argv", ["summarize_study.py", "--study-dir", str(study), "--out-dir", str(tmp_path),
-                                      "--readme", str(readme)])
-    summarize_study.main()
+    readme.write_text(f"# Title\n\nbefore\n\n{begin}\nold numbers\n{end}\n\nafter\n{other}\n")
+    argv = ["--study-dir", str(study_dir), "--out-dir", str(out), "--readme", str(readme)]
+    S.main(argv)
     text = readme.read_text()
-    assert text.startswith(f"# Title\n\n{begin}\n") and text.endswith(f"{end}\n\nkept text\n")
-    assert "old table" not in text
-    assert "Finished runs (4): sgd: seeds 0 1; asam: seeds 0 1." in text
-    assert "| asam | 2 | 98.50 [92.15, 104.85] |" in text  # 98.5 +- 12.7062 * 0.7071 / sqrt(2)
-    assert "| asam - sgd | 2 | +1.25 [-8.28, +10.78] |" in text  # differences 2.0 and 0.5
-    assert "| fog | +1.25 [-8.28, +10.78] |" in text
-    summarize_study.main()  # idempotent: the block is replaced, not appended
-    assert readme.read_text() == text
+    head, rest = text.split(begin)
+    block, tail = rest.split(end)
+    assert head == "# Title\n\nbefore\n\n" and tail == f"\n\nafter\n{other}\n"
+    assert block.startswith("\n\nEvaluated runs on mnist (10): sgd: 4 (seeds 3-6); swa: 2 (seeds 0-1)")
+    assert block.endswith("from `results/study/mnist/*.json`.\n\n") and "old numbers" not in block
+    assert "**The plan's tests, confirmatory seeds (>= 3)**" in block
+    assert "| primary | asam - sgd | pixel_0.6 | 4 (17) |" in block
+    assert "**Exploratory: mean [95 % t CI] per configuration**" in block
+    assert "**Exploratory: paired differences under each corruption:**" in block and "| shot noise |" in block
+    S.main(argv)
+    assert readme.read_text() == text  # idempotent
+
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert {"confirmatory", "sensitivity", "configurations", "paired"} <= set(summary)
+    assert summary["runs"] == {"sgd": [3, 4, 5, 6], "swa": [0, 1], "asam": [3, 4, 5, 6]}
+    assert summary["paired"]["asam - sgd"]["pixel_0.6"]["n"] == 4
+    assert "asam - swa" not in summary["paired"]
+    assert summary["configurations"]["asam"]["clean"]["ci95"][0] is not None
+    with open(out / "study_summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["analysis"] for r in rows} == {"confirmatory", "sensitivity", "exploratory"}
+    assert any(r["metric"] == "pixel_0.6" and r["contrast"] == "asam - sgd" and r["verdict"] for r in rows)
+    for name in FIGURES:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
 
 
-def test_readme_without_markers_is_refused(tmp_path):
+def test_readme_without_markers_is_refused_and_untouched(tmp_path):
+    study_dir = write(tmp_path / "study", study(range(3, 5)))
     readme = tmp_path / "README.md"
-    readme.write_text("no markers here\n")
-    with pytest.raises(ValueError, match="study-results:begin"):
-        summarize_study.splice_into_readme(readme, "table")
-    assert readme.read_text() == "no markers here\n"
+    readme.write_text("# no markers here\n")
+    with pytest.raises(ValueError, match="study-results:mnist:begin"):
+        S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
+    assert readme.read_text() == "# no markers here\n"
 
 
-# ----------------------------------------------------------------------------- end to end on MNIST
-
-
-@pytest.fixture(scope="module")
-def quick_study(tmp_path_factory):
-    if not HAVE_MNIST:
-        pytest.skip(f"real MNIST not in {MNIST_ROOT}/MNIST/raw (set MNIST_ROOT)")
-    out = tmp_path_factory.mktemp("study_quick")
-    first = script("run_study", "--quick", "--configs", "baseline", "asam", "--seeds", "0", "--out", out,
-                   "--threads", "1")
-    return out, first.stdout
-
-
-@needs_mnist
-def test_quick_run_records(quick_study):
-    out, stdout = quick_study
-    assert "0 of 2 runs already finished" in stdout and stdout.count(" done ") == 2
-    for config in ("baseline", "asam"):
-        record = json.loads((out / f"{config}_seed0.json").read_text())
-        assert (record["config"], record["seed"], record["quick"], record["split_seed"]) == (config, 0, True, 42)
-        assert record["sizes"] == {"train": 2000, "val": 0 if config == "baseline" else 1000, "test": 1000}
-        assert len(record["history"]) == record["hyperparameters"]["epochs"] == 2
-        assert set(record["versions"]) == {"torch", "torchvision", "python"}
-        assert record["seconds"]["train"] > 0 and record["seconds"]["evaluate"] > 0
-        m = record["metrics"]
-        accuracies = [m["clean"], m["normalized_clean"], *m["seed_protocol"].values(), *m["pixel"].values(),
-                      *m["pixel_clip"].values(), *m["corruptions"].values()]
-        assert all(0 <= a <= 100 for a in accuracies)
-        assert list(m["pixel"]) == list(m["pixel_clip"]) == SIGMAS
-        assert list(m["seed_protocol"]) == ["0.4", "0.6", "0.8"]
-        assert set(m["corruptions"]) == set(CORRUPTIONS) | set(EXTENDED_CORRUPTIONS) | {"mnist_c_mean", "extended_mean"}
-        hessian = m["hessian"]
-        assert math.isfinite(hessian["eigenvalue"]) and hessian["eigenvalue"] == hessian["estimates"][-1]
-        assert 1 <= hessian["iterations"] == len(hessian["estimates"]) <= hessian["max_iters"]
-        curves = m["loss_directions"]
-        assert len(curves["alphas"]) == 21 and len(curves["losses"]) == 3
-        assert all(len(c) == 21 and all(0 < v < math.inf for v in c) for c in curves["losses"])
-        assert ("perturbation_norm" in m) == (config == "asam")
-    assert json.loads((out / "baseline_seed0.json").read_text())["metrics"]["clean"] > 50  # it learned
-    norm = json.loads((out / "asam_seed0.json").read_text())["metrics"]["perturbation_norm"]
-    assert norm["steps"] == 16 and 0 < norm["min"] <= norm["mean"] <= norm["max"]  # 2,000 / 128 steps
-
-
-@needs_mnist
-def test_second_invocation_skips_finished_runs(quick_study):
-    out, _ = quick_study
-    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("*.json")}
-    again = script("run_study", "--quick", "--configs", "baseline", "asam", "--seeds", "0", "--out", out)
-    assert "2 of 2 runs already finished" in again.stdout and " start " not in again.stdout
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*.json")} == mtimes
-
-
-@needs_mnist
-def test_summarize_quick_study(quick_study, tmp_path):
-    out, _ = quick_study
-    result = script("summarize_study", "--study-dir", out, "--out-dir", tmp_path)
-    assert "QUICK" in result.stdout and "baseline" in result.stdout and "asam" in result.stdout
-    summary = json.loads((tmp_path / "study_summary.json").read_text())
-    assert set(summary["configs"]) == {"baseline", "asam"} and summary["paired"] == {}
-    assert summary["quick_runs"] is True
-    assert summary["configs"]["asam"]["perturbation_norm"]["mean"] > 0
-    assert [len(summary["configs"][c]) for c in ("baseline", "asam")] == [44, 45]  # + perturbation_norm
-    assert (tmp_path / "study_summary.csv").read_text().count("\n") == 1 + 44 + 45
-    for name in ("noise_curves", "corruptions", "sharpness_vs_robustness", "loss_directions"):
-        assert (tmp_path / f"study_{name}.png").stat().st_size > 10_000, name
-
-
-@needs_mnist
-def test_corruption_examples_figure(tmp_path, monkeypatch):
-    monkeypatch.setenv("MNIST_ROOT", str(MNIST_ROOT))  # in-process: torch is loaded already
-    summarize_study.corruption_examples(tmp_path / "corruption_examples.png")
-    assert (tmp_path / "corruption_examples.png").stat().st_size > 30_000
-
-
-def test_quick_refuses_the_study_folder(monkeypatch):
-    run_study = load_script("run_study")
-    monkeypatch.setattr(sys, "argv", ["run_study.py", "--quick"])
-    with pytest.raises(SystemExit) as exit_info:
-        run_study.main()
-    assert exit_info.value.code == 2
-
-
-def test_resume_refuses_records_of_another_recipe(tmp_path, monkeypatch):
-    run_study = load_script("run_study")
-    record = {"config": "sgd", "seed": 0, "quick": True,
-              "hyperparameters": {**run_study.hyperparameters("sgd", run_study.QUICK), "lr": 0.05}}
-    (tmp_path / "sgd_seed0.json").write_text(json.dumps(record))
-    monkeypatch.setattr(sys, "argv", ["run_study.py", "--quick", "--configs", "sgd", "--seeds", "0",
-                                      "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="another recipe"):
-        run_study.main()
+def test_quick_records_are_refused_for_the_readme(tmp_path):
+    study_dir = write(tmp_path / "study", study(range(3, 5)) + [fake_record("sgd", 5, quick=True)])
+    begin, end = S.readme_markers("mnist")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{begin}\nold\n{end}\n")
+    with pytest.raises(SystemExit, match="QUICK"):
+        S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
+    assert readme.read_text() == f"{begin}\nold\n{end}\n"
+    assert json.loads((tmp_path / "out" / "study_summary.json").read_text())["quick_runs"] is True
