@@ -407,12 +407,38 @@ def figures(runs: dict, flat: dict, out_dir: Path, tag: str) -> None:
     plot_loss_directions(runs, out_dir / "loss_directions.png", tag)
 
 
+def compare_with(old_dir: Path, runs: dict[str, dict[int, dict]]) -> str:
+    """A Markdown table comparing each run with the record of the same pair in ``old_dir`` (an
+    earlier study's layout): is the training history the same, and how far apart are the metrics
+    both measure in the same way (clean, pixel noise, seed protocol)?"""
+    rows = []
+    for config, seeds in runs.items():
+        for seed, new in seeds.items():
+            path = old_dir / f"{config}_seed{seed}.json"
+            if not path.is_file():
+                continue
+            old = json.loads(path.read_text())
+            steps = [(a["train_loss"], b["train_loss"]) for a, b in zip(old["history"], new["history"])]
+            first = next((i + 1 for i, (a, b) in enumerate(steps) if a != b), None)
+            gap = max(abs(a - b) / abs(a) for a, b in steps)
+            m, n = old["metrics"], new["metrics"]
+            rows.append([config, seed, "identical" if first is None else f"differs from epoch {first}",
+                         f"{gap:.1e}", f"{n['clean'] - m['clean']:+.2f}",
+                         f"{n['pixel']['0.6'] - m['pixel']['0.6']:+.2f}",
+                         f"{n['seed_protocol']['0.6'] - m['seed_protocol']['0.6']:+.2f}"])
+    header = ["configuration", "seed", "training history", "max relative train-loss gap", "Δ clean",
+              "Δ pixel σ=0.6", "Δ seed σ=0.6"]
+    return L.markdown_table(header, rows) if rows else f"no run of {old_dir} has a counterpart here"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=list(L.DATASETS), default="mnist")
     parser.add_argument("--study-dir", type=Path, help="records (default results/study/DATASET)")
     parser.add_argument("--out-dir", type=Path, help="summary and figures (default results/summary/DATASET)")
     parser.add_argument("--readme", type=Path, help="rewrite this file's study-results block for the dataset")
+    parser.add_argument("--compare-with", type=Path, metavar="DIR",
+                        help="also print how each run compares with the same pair's record in DIR")
     args = parser.parse_args(argv)
     study_dir = args.study_dir or ROOT / "results" / "study" / args.dataset
     out_dir = args.out_dir or ROOT / "results" / "summary" / args.dataset
@@ -434,6 +460,8 @@ def main(argv: list[str] | None = None) -> None:
     write_tables(out_dir, summary)
     report = markdown_report(args.dataset, runs, confirmatory, sensitivity, configs, paired)
     print(report)
+    if args.compare_with:
+        print(f"\nCompared with {args.compare_with}:\n\n{compare_with(args.compare_with, runs)}")
     if args.readme:
         if quick:
             sys.exit(f"refusing to write QUICK smoke-test numbers into {args.readme}")

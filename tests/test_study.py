@@ -258,3 +258,19 @@ def test_quick_records_are_refused_for_the_readme(tmp_path):
         S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
     assert readme.read_text() == f"{begin}\nold\n{end}\n"
     assert json.loads((tmp_path / "out" / "study_summary.json").read_text())["quick_runs"] is True
+
+
+def test_compare_with_an_earlier_study(tmp_path):
+    """Same history and +0.5 clean: 'identical'; a changed epoch-2 loss: where it starts to differ."""
+    history = [{"epoch": e, "train_loss": 1.0 / e} for e in (1, 2, 3)]
+    new = {"asam": {0: {**fake_record("asam", 0), "history": history}},
+           "sgd": {0: {**fake_record("sgd", 0), "history": history}}}
+    for config, loss in (("asam", 0.5), ("sgd", 0.6)):
+        old = json.loads(json.dumps(new[config][0]))
+        old["history"][1]["train_loss"] = loss
+        old["metrics"]["clean"] -= 0.5
+        (tmp_path / f"{config}_seed0.json").write_text(json.dumps(old))
+    table = S.compare_with(tmp_path, new)
+    assert "| asam | 0 | identical | 0.0e+00 | +0.50 | +0.00 | +0.00 |" in table
+    assert "| sgd | 0 | differs from epoch 2 | 1.7e-01 |" in table
+    assert "no run" in S.compare_with(tmp_path / "empty", new)
