@@ -7,6 +7,7 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 # Offline copy of MNIST beside the project, if there is one; otherwise torchvision downloads to ./data.
 export MNIST_ROOT ?= $(if $(wildcard ../shared/mnist/MNIST/raw),$(abspath ../shared/mnist),$(CURDIR)/data)
+export FASHION_MNIST_ROOT ?= $(if $(wildcard ../shared/fashion-mnist/FashionMNIST/raw),$(abspath ../shared/fashion-mnist),$(CURDIR)/data)
 
 NOTEBOOKS := LeNet-5.ipynb LeNet-5_sam_optim.ipynb
 

@@ -1,4 +1,4 @@
-"""load_mnist on small hand-written IDX files, train_val_split, minibatch_indices."""
+"""load_mnist and load_dataset on small hand-written IDX files, train_val_split, minibatch_indices."""
 
 import struct
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lenet_utils import MNIST_FILES, load_mnist, minibatch_indices, train_val_split
+from lenet_utils import MNIST_FILES, load_dataset, load_mnist, minibatch_indices, train_val_split
 
 SIZES = {"train": 12, "t10k": 5}
 
@@ -17,9 +17,9 @@ def write_idx(path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def write_fake_mnist(root, seed: int = 0, skip: tuple[str, ...] = ()) -> dict:
-    """Write the four IDX files under ``root/MNIST/raw``; return {"train"/"t10k": (images, labels)}."""
-    raw = root / "MNIST" / "raw"
+def write_fake_mnist(root, seed: int = 0, skip: tuple[str, ...] = (), folder: str = "MNIST") -> dict:
+    """Write the four IDX files under ``root/<folder>/raw``; return {"train"/"t10k": (images, labels)}."""
+    raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     data = {}
@@ -208,3 +208,26 @@ def test_minibatch_indices_new_order_each_epoch():
     epoch2 = torch.cat(list(minibatch_indices(40, 16, generator)))
     assert sorted(epoch2.tolist()) == list(range(40))
     assert not torch.equal(epoch1, epoch2)
+
+
+def test_fashion_mnist_is_read_from_its_own_folder_and_variable(tmp_path, monkeypatch, no_mnist_download):
+    data = write_fake_mnist(tmp_path, seed=3, folder="FashionMNIST")
+    monkeypatch.setenv("FASHION_MNIST_ROOT", str(tmp_path))
+    monkeypatch.setenv("MNIST_ROOT", str(tmp_path / "elsewhere"))
+    images, labels = load_dataset("fashion-mnist", train=False)
+    assert torch.equal(labels, torch.from_numpy(data["t10k"][1]).long()) and images.shape == (5, 1, 28, 28)
+    assert no_mnist_download == []
+
+
+def test_missing_fashion_mnist_names_its_folder_and_variable(tmp_path, no_mnist_download):
+    write_fake_mnist(tmp_path)  # MNIST is there, Fashion-MNIST is not
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("fashion-mnist", tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "FashionMNIST" / "raw") in message and "FASHION_MNIST_ROOT" in message
+    assert all(name in message for name in MNIST_FILES)
+
+
+def test_unknown_dataset_is_refused():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar10'; choose from mnist, fashion-mnist"):
+        load_dataset("cifar10")
