@@ -1,0 +1,61 @@
+"""Idle-machine cost of the study: seconds per training epoch of every study recipe, and of one
+model's whole evaluation (analysis.evaluation.FULL), at the given thread count. Nothing is asserted.
+
+    MNIST_ROOT=../shared/mnist .venv/bin/python benchmarks/run_costs.py --threads 1 [--epochs 1]
+
+A run's training cost is reported as seconds per epoch times the recipe's epochs (the epochs of one
+recipe cost the same, so one timed epoch extrapolates); run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lenet_utils as L  # noqa: E402
+from analysis import evaluation  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs timed per recipe")
+    parser.add_argument("--configs", nargs="+", choices=list(L.STUDY_RECIPES), default=list(L.STUDY_RECIPES))
+    parser.add_argument("--weights", type=Path, help="a trained model to evaluate (default: the last one timed)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    images, labels = L.load_mnist(train=True)
+    split = L.train_val_split(images, labels)
+    test = L.load_mnist(train=False)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f}")
+    model = None
+    for name in args.configs:
+        recipe = L.STUDY_RECIPES[name]
+        x, y, val = (split[0], split[1], (split[2], split[3])) if recipe.split else (images, labels, None)
+        L.set_seed(0)
+        model = L.LeNet5()
+        history, _ = replace(recipe, epochs=args.epochs).fit(model, x, y, val_data=val, progress=False)
+        per_epoch = sum(row["seconds"] for row in history) / len(history)
+        minutes = per_epoch * recipe.epochs / 60
+        print(f"{name:>10}: {per_epoch:6.1f} s per epoch x {recipe.epochs} epochs = {minutes:5.1f} min of training")
+    if args.weights:
+        model = L.LeNet5()
+        L.load_checkpoint(args.weights, model)
+    probe = evaluation.probe_set(split[0], split[1], evaluation.FULL)
+    start = time.perf_counter()
+    metrics = evaluation.evaluate_model(model, test, probe, evaluation.FULL, (L.MNIST_MEAN, L.MNIST_STD))
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in metrics["seconds"].items())
+    print(f"evaluation of one model: {time.perf_counter() - start:.1f} s ({parts})")
+
+
+if __name__ == "__main__":
+    main()
