@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
+from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from tqdm.auto import trange
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -441,6 +442,9 @@ class Recipe:
     ``epochs`` at which the lr is multiplied by ``lr_gamma`` (``MultiStepLR``); ``split`` trains on
     the 48,000 images of :func:`train_val_split` (seed :data:`SPLIT_SEED`) and validates on the
     other 12,000, else on all 60,000; ``noise_max_sigma`` adds :func:`random_gaussian_noise`.
+    ``swa_start`` (a fraction in (0, 1), with ``swa_lr``) turns on stochastic weight averaging over
+    the epochs after ``round(swa_start * epochs)`` (see :meth:`fit`); ``as_dict`` leaves the two
+    SWA keys out while they are None, so recipes without SWA keep their earlier hyper-parameters.
     """
 
     optimizer: str  # "adam" or "sgd"
@@ -457,16 +461,27 @@ class Recipe:
     lr_gamma: float = 1.0
     split: bool = False
     noise_max_sigma: float | None = None
+    swa_start: float | None = None  # fraction of epochs after which weights are averaged
+    swa_lr: float | None = None  # the lr SWALR anneals to for the averaged epochs
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if not all(0 < f <= 1 for f in self.lr_milestones):
             raise ValueError(f"lr_milestones are fractions of training in (0, 1], got {self.lr_milestones}")
+        if (self.swa_start is None) != (self.swa_lr is None):
+            raise ValueError(f"swa_start and swa_lr go together (both set or both None), got "
+                             f"swa_start={self.swa_start!r}, swa_lr={self.swa_lr!r}")
+        if self.swa_start is not None:
+            if not (_is_real(self.swa_start) and 0 < self.swa_start < 1):
+                raise ValueError(f"swa_start is a fraction of training in (0, 1), got {self.swa_start!r}")
+            if not (_is_real(self.swa_lr) and self.swa_lr > 0):
+                raise ValueError(f"swa_lr must be a number > 0, got {self.swa_lr!r}")
 
     def as_dict(self) -> dict:
-        """Plain JSON-ready hyper-parameters (tuples as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """Plain JSON-ready hyper-parameters (tuples as lists); the SWA keys only when SWA is on."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if not (k in ("swa_start", "swa_lr") and v is None)}
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
         """The base optimizer, wrapped in :class:`SAM` when ``sam_rho`` is set."""
@@ -484,20 +499,84 @@ class Recipe:
         return torch.optim.lr_scheduler.MultiStepLR(
             optimizer, [round(f * self.epochs) for f in self.lr_milestones], self.lr_gamma)
 
-    def fit(self, model: nn.Module, images: Tensor, labels: Tensor, *, seed: int = 0,
+    def swa_epochs(self) -> int:
+        """The number of averaged epochs: those after ``round(swa_start * epochs)``, at least one
+        (so a 2-epoch quick run still averages); 0 without SWA."""
+        if self.swa_start is None:
+            return 0
+        return self.epochs - min(round(self.swa_start * self.epochs), self.epochs - 1)
+
+    def fit(self, model: nn.Module, images: Tensor, labels: Tensor, *, seed: int | torch.Generator = 0,
             optimizer: torch.optim.Optimizer | None = None,
             **train_options) -> tuple[list[dict], torch.optim.Optimizer]:
         """Train ``model`` with this recipe on the given images (``val_data``, ``progress``,
         ``on_epoch``, ``on_step`` ... go through to :func:`train`); returns (history, optimizer).
-        ``optimizer`` defaults to :meth:`make_optimizer` (pass one to watch it during training)."""
+        ``optimizer`` defaults to :meth:`make_optimizer` (pass one to watch it during training).
+
+        With ``swa_start``, the first ``epochs - swa_epochs()`` epochs follow the recipe's
+        ``MultiStepLR`` and the rest ``SWALR`` (:data:`SWA_ANNEAL_EPOCHS`, :data:`SWA_ANNEAL_STRATEGY`),
+        an ``AveragedModel`` taking the weights after each of them; one generator runs through both
+        phases, and at the end ``model`` receives the averaged weights (BatchNorm statistics
+        recomputed by ``update_bn`` if it has any). History rows, ``on_epoch`` and ``on_step``
+        count across both phases; a row's ``val_*`` are those of the running, not the averaged, weights."""
         optimizer = optimizer or self.make_optimizer(model.parameters())
         augment = (None if self.noise_max_sigma is None
                    else partial(random_gaussian_noise, max_sigma=self.noise_max_sigma))
-        history = train(model, optimizer, images, labels, epochs=self.epochs, batch_size=self.batch_size,
-                        label_smoothing=self.label_smoothing, reduction=self.reduction,
-                        scheduler=self.make_scheduler(optimizer), batch_transform=augment, seed=seed,
-                        **train_options)
-        return history, optimizer
+        if self.swa_start is None:
+            history = train(model, optimizer, images, labels, epochs=self.epochs, batch_size=self.batch_size,
+                            label_smoothing=self.label_smoothing, reduction=self.reduction,
+                            scheduler=self.make_scheduler(optimizer), batch_transform=augment, seed=seed,
+                            **train_options)
+            return history, optimizer
+        return self._fit_swa(model, images, labels, seed, optimizer, augment, **train_options), optimizer
+
+    def _fit_swa(self, model: nn.Module, images: Tensor, labels: Tensor, seed: int | torch.Generator,
+                 optimizer: torch.optim.Optimizer, augment: Callable | None, *,
+                 on_epoch: Callable[[dict], None] | None = None, on_step: Callable[[int], None] | None = None,
+                 **train_options) -> list[dict]:
+        generator = (seed if isinstance(seed, torch.Generator)
+                     else torch.Generator(device=images.device).manual_seed(seed))
+        averaged_epochs = self.swa_epochs()
+        start = self.epochs - averaged_epochs
+        steps_per_epoch = -(-len(images) // self.batch_size)
+        common = dict(batch_size=self.batch_size, label_smoothing=self.label_smoothing, reduction=self.reduction,
+                      batch_transform=augment, seed=generator, **train_options)
+
+        def phase(epochs: int, scheduler, epoch_offset: int, average: AveragedModel | None) -> list[dict]:
+            def epoch_done(row: dict) -> None:
+                row["epoch"] += epoch_offset  # the row is also the history's: one numbering for the run
+                if average is not None:
+                    average.update_parameters(model)
+                if on_epoch is not None:
+                    on_epoch(row)
+
+            step_done = None if on_step is None else (lambda step: on_step(step + epoch_offset * steps_per_epoch))
+            return train(model, optimizer, images, labels, epochs=epochs, scheduler=scheduler,
+                         on_epoch=epoch_done, on_step=step_done, **common)
+
+        history = phase(start, self.make_scheduler(optimizer), 0, None) if start else []
+        average = AveragedModel(model)
+        swa_scheduler = SWALR(optimizer, swa_lr=self.swa_lr, anneal_epochs=SWA_ANNEAL_EPOCHS,
+                              anneal_strategy=SWA_ANNEAL_STRATEGY)
+        history += phase(averaged_epochs, swa_scheduler, start, average)
+        with torch.no_grad():
+            for p, q in zip(model.parameters(), average.module.parameters()):
+                p.copy_(q)
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            update_bn(images.split(self.batch_size), model)
+        return history
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# SWALR's anneal into the averaged epochs, as in torch's SWA documentation (``SWALR(optimizer,
+# anneal_strategy="linear", anneal_epochs=5, swa_lr=...)``): 5 epochs from the lr MultiStepLR left to
+# ``swa_lr``, then constant, the constant-lr SWA of Izmailov et al. (2018). In the study's ``swa``
+# recipe the lr at swa_start already equals swa_lr, so the anneal changes nothing there.
+SWA_ANNEAL_EPOCHS = 5
+SWA_ANNEAL_STRATEGY = "linear"
 
 
 # The original study's two recipes: Adam (lr 1e-3, batch 32, 30 epochs, summed cross-entropy, all
@@ -515,6 +594,15 @@ STUDY_RECIPES: dict[str, Recipe] = {
     "noise-aug": replace(ASAM, sam_rho=None, sam_adaptive=False, noise_max_sigma=0.6),
     "adam-sam": replace(BASELINE, sam_rho=0.05),
 }
+# Controls for SAM's extra cost and for the other route to flat minima (Kaddour et al., 2022).
+# sgd-2x: SGD with SAM's number of gradient evaluations (2 x 80 epochs; milestones at the same fractions).
+# swa: the sgd run, its weights averaged after each of its last 20 epochs (swa_start 0.75) at a constant
+# lr of 0.004, the lr the sgd recipe itself has at 75 % of training (0.1 * 0.2 ** 2, after its 30 % and
+# 60 % milestones): averaging starts without a jump in lr, and SWALR holds the lr there instead of the
+# final drop to 0.0008 at 80 % (SWA averages iterates of a constant-lr phase, Izmailov et al., 2018).
+_SGD = STUDY_RECIPES["sgd"]
+STUDY_RECIPES["sgd-2x"] = replace(_SGD, epochs=160)
+STUDY_RECIPES["swa"] = replace(_SGD, swa_start=0.75, swa_lr=0.004)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -187,5 +187,6 @@ def test_shards_partition_the_pending_pairs(tmp_path):
     args = ["--quick", "--seeds", "0", "1", "2", "--out", str(tmp_path)]
     every = run_study.plan(run_study.parse_args(args))
     shards = [run_study.plan(run_study.parse_args([*args, "--shard", f"{k}/3"])) for k in (1, 2, 3)]
-    assert {j for s in shards for j in s} == set(every) and sum(map(len, shards)) == len(every) == 21
-    assert [j.seed for j in every[:7]] == [0] * 7  # seed-major: every configuration of seed 0 first
+    n = len(STUDY_RECIPES)
+    assert {j for s in shards for j in s} == set(every) and sum(map(len, shards)) == len(every) == 3 * n
+    assert [j.seed for j in every[:n]] == [0] * n  # seed-major: every configuration of seed 0 first
