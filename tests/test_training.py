@@ -152,7 +152,7 @@ def test_scheduler_is_stepped_once_per_epoch_and_drives_every_group(tiny_digits)
     assert used == [pytest.approx([0.1 * f, 0.5 * f], rel=1e-12) for f in factors]
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")  # no optimizer steps here
+@pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler\.step\(\)`")  # no optimizer steps here
 @pytest.mark.parametrize("epochs", [2, 80, 160])
 def test_recipe_schedule_gives_the_hand_written_schedules_lrs_exactly(epochs):
     """MultiStepLR reproduces, bit for bit, the lr of the milestone schedule the study was first run
