@@ -1,6 +1,7 @@
 """Shared test set-up: the project root on ``sys.path``, no network, tiny synthetic data, and the one
 marker (``needs_mnist``) and fixtures (``mnist_train``, ``mnist_test``) for tests on real MNIST."""
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -20,6 +21,15 @@ needs_mnist = pytest.mark.skipif(
     not HAVE_MNIST, reason=f"real MNIST not found: set MNIST_ROOT to a folder whose MNIST/raw/ holds "
                            f"{', '.join(MNIST_FILES)} (now {MNIST_ROOT})")
 """Skip a test (``@needs_mnist``) or a module (``pytestmark = needs_mnist``) without real MNIST."""
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as module ``name`` (registered in sys.modules, which dataclasses need)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """scripts/run_study.py: records and kept weights, re-evaluation from weights, parallel jobs and shards
 giving the same records as a serial run, failures reported, bad arguments refused (quick mode, real MNIST)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,24 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import HAVE_MNIST, MNIST_ROOT, ROOT, load_script, needs_mnist
 from lenet_utils import DATASETS, MNIST_FILES, STUDY_RECIPES, LeNet5, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST_ROOT = Path(os.environ.get("MNIST_ROOT", ROOT / "data"))
 FASHION_ROOT = Path(os.environ.get("FASHION_MNIST_ROOT", ROOT / "data"))
-HAVE_MNIST = all((MNIST_ROOT / "MNIST" / "raw" / name).is_file() for name in MNIST_FILES)
 HAVE_FASHION = all((FASHION_ROOT / "FashionMNIST" / "raw" / name).is_file() for name in MNIST_FILES)
-needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"real MNIST not in {MNIST_ROOT}/MNIST/raw "
-                                 "(set MNIST_ROOT to a folder holding MNIST/raw/)")
 PAIRS = ("--configs", "baseline", "asam", "--seeds", "0")
-
-
-def load_run_study():
-    spec = importlib.util.spec_from_file_location("run_study", ROOT / "scripts" / "run_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_study"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(*args, check: bool = True) -> subprocess.CompletedProcess:
@@ -52,7 +39,7 @@ def records(out: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def serial(tmp_path_factory):
     if not HAVE_MNIST:
-        pytest.skip(f"real MNIST not in {MNIST_ROOT}/MNIST/raw (set MNIST_ROOT)")
+        pytest.skip(needs_mnist.kwargs["reason"])
     out = tmp_path_factory.mktemp("serial")
     return out, run(*PAIRS, "--out", out, "--threads", "1").stdout
 
@@ -167,14 +154,14 @@ def test_fashion_mnist_runs_into_its_own_layout(tmp_path):
     (["--shard", "a/b"], "--shard takes K/N"), (["--jobs", "0"], "expected an integer >= 1"),
     (["--quick"], "outside results/study"), (["--reevaluate", "--no-evaluate"], "contradict")])
 def test_bad_arguments_are_refused(args, message, capsys):
-    run_study = load_run_study()
+    run_study = load_script("run_study")
     with pytest.raises(SystemExit) as exit_info:
         run_study.parse_args(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_resume_refuses_records_of_another_recipe(tmp_path):
-    run_study = load_run_study()
+    run_study = load_script("run_study")
     record = {"config": "sgd", "seed": 0, "quick": True, "dataset": "mnist",
               "hyperparameters": {**run_study.recipe_for("sgd", run_study.QUICK).as_dict(), "lr": 0.05}}
     (tmp_path / "sgd_seed0.json").write_text(json.dumps(record))
@@ -183,7 +170,7 @@ def test_resume_refuses_records_of_another_recipe(tmp_path):
 
 
 def test_shards_partition_the_pending_pairs(tmp_path):
-    run_study = load_run_study()
+    run_study = load_script("run_study")
     args = ["--quick", "--seeds", "0", "1", "2", "--out", str(tmp_path)]
     every = run_study.plan(run_study.parse_args(args))
     shards = [run_study.plan(run_study.parse_args([*args, "--shard", f"{k}/3"])) for k in (1, 2, 3)]

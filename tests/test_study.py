@@ -3,7 +3,6 @@ results/ANALYSIS_PLAN.md, the plan's tests on numbers with known answers, and th
 block and figures end to end."""
 
 import csv
-import importlib.util
 import json
 import math
 import re
@@ -12,11 +11,9 @@ import pytest
 from scipy import stats
 
 from analysis.corruptions import CORRUPTIONS, EXTENDED_CORRUPTIONS
-from conftest import ROOT
+from conftest import ROOT, load_script
 
-spec = importlib.util.spec_from_file_location("summarize_study", ROOT / "scripts" / "summarize_study.py")
-S = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(S)
+S = load_script("summarize_study")
 
 PLAN = (ROOT / "results" / "ANALYSIS_PLAN.md").read_text()
 SIGMAS = [f"{0.1 * i:.1f}" for i in range(11)]

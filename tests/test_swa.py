@@ -2,20 +2,16 @@
 averaging (averaged weights, SWALR's lrs, the shuffle shared with a plain run, counting across both
 phases, BatchNorm), the SWA fields' validation, and as_dict unchanged for every earlier recipe."""
 
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import load_script
 from lenet_utils import ASAM, BASELINE, STUDY_RECIPES, SWA_ANNEAL_EPOCHS, SWA_ANNEAL_STRATEGY, Recipe, minibatch_indices
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny SWA recipe: 80 images in batches of 16 (5 steps an epoch), 16 epochs, lr 0.2 times 0.25 at
 # epochs 4 and 8 (x0.25 each); SWA over epochs 9-16 at a target lr of 0.01 (from 0.2 * 0.25 ** 2).
@@ -104,18 +100,10 @@ def test_earlier_recipes_as_dict_is_unchanged():
     json.dumps(swa)
 
 
-def load_run_study():
-    spec = importlib.util.spec_from_file_location("run_study", ROOT / "scripts" / "run_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_study"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_resume_accepts_records_written_before_the_swa_fields(tmp_path):
     """A record of an earlier recipe (hyper-parameters without swa_start/swa_lr) is still the same
     recipe for run_study's resume check; a swa record lacking them is not."""
-    run_study = load_run_study()
+    run_study = load_script("run_study")
     for name in ("sgd", "swa"):
         recipe = run_study.recipe_for(name, run_study.QUICK)
         old = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(recipe).items() if k in FIELDS_BEFORE_SWA}
