@@ -5,6 +5,7 @@ subset of configurations and seeds) and writes ``study_summary.json``, ``study_s
 figures into ``--out-dir`` (default ``results/summary/<dataset>``). ``--readme README.md`` rewrites
 the README's block between ``<!-- study-results:<dataset>:begin -->`` and ``...:end -->`` with the
 Markdown tables of this summary, so the README's numbers are the ones computed here.
+``--corruption-examples results/corruption_examples.png`` draws every corruption on 3 test digits.
 
 The plan's primary endpoints, contrasts, margins and seeds are the constants below (a test checks
 them against the plan). The plan's tests come from ``analysis.statistics``: paired t with Holm's
@@ -431,20 +432,30 @@ def compare_with(old_dir: Path, runs: dict[str, dict[int, dict]]) -> str:
     return L.markdown_table(header, rows) if rows else f"no run of {old_dir} has a counterpart here"
 
 
+def corruption_examples(path: Path) -> None:
+    """Every corruption of both sets at the benchmark's level on the first 3 MNIST test digits."""
+    images, _ = L.load_mnist(train=False)
+    save(corruptions.plot_corruption_examples(images[:3]), path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=list(L.DATASETS), default="mnist")
     parser.add_argument("--study-dir", type=Path, help="records (default results/study/DATASET)")
     parser.add_argument("--out-dir", type=Path, help="summary and figures (default results/summary/DATASET)")
     parser.add_argument("--readme", type=Path, help="rewrite this file's study-results block for the dataset")
+    parser.add_argument("--corruption-examples", type=Path, metavar="PNG",
+                        help="also draw every corruption on 3 test digits (results/corruption_examples.png)")
     parser.add_argument("--compare-with", type=Path, metavar="DIR",
                         help="also print how each run compares with the same pair's record in DIR")
     args = parser.parse_args(argv)
     study_dir = args.study_dir or ROOT / "results" / "study" / args.dataset
     out_dir = args.out_dir or ROOT / "results" / "summary" / args.dataset
+    if args.corruption_examples:
+        corruption_examples(args.corruption_examples)
     runs = load_runs(study_dir) if study_dir.is_dir() else {}
     if not runs:
-        sys.exit(f"no evaluated run records in {study_dir}")
+        sys.exit(0 if args.corruption_examples else f"no evaluated run records in {study_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     quick = any(r.get("quick") for seeds in runs.values() for r in seeds.values())
     tag = "\n[QUICK smoke-test runs: not results]" if quick else ""

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from analysis.corruptions import CORRUPTIONS, EXTENDED_CORRUPTIONS
-from conftest import ROOT, load_script
+from conftest import MNIST_ROOT, ROOT, load_script, needs_mnist
 
 S = load_script("summarize_study")
 
@@ -271,3 +271,13 @@ def test_compare_with_an_earlier_study(tmp_path):
     assert "| asam | 0 | identical | 0.0e+00 | +0.50 | +0.00 | +0.00 |" in table
     assert "| sgd | 0 | differs from epoch 2 | 1.7e-01 |" in table
     assert "no run" in S.compare_with(tmp_path / "empty", new)
+
+
+@needs_mnist
+def test_corruption_examples_figure(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_ROOT", str(MNIST_ROOT))
+    with pytest.raises(SystemExit) as exit_info:  # no records: drawing the figure alone is a success
+        S.main(["--study-dir", str(tmp_path / "none"), "--corruption-examples", str(tmp_path / "examples.png")])
+    assert exit_info.value.code == 0
+    assert (tmp_path / "examples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "examples.png").stat().st_size > 50_000
