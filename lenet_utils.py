@@ -585,24 +585,23 @@ SWA_ANNEAL_STRATEGY = "linear"
 BASELINE = Recipe("adam", lr=1e-3, batch_size=32, epochs=30, reduction="sum")
 ASAM = Recipe("sgd", lr=0.1, batch_size=128, epochs=80, momentum=0.9, weight_decay=5e-4, sam_rho=2.0,
               sam_adaptive=True, label_smoothing=0.1, lr_milestones=(0.3, 0.6, 0.8), lr_gamma=0.2, split=True)
+SGD = replace(ASAM, sam_rho=None, sam_adaptive=False)  # the controlled ablation: ASAM with SAM switched off
 STUDY_RECIPES: dict[str, Recipe] = {
     "baseline": BASELINE,
     "asam": ASAM,
-    "sgd": replace(ASAM, sam_rho=None, sam_adaptive=False),  # the controlled ablation: SAM switched off
+    "sgd": SGD,
     "sam-0.05": replace(ASAM, sam_rho=0.05, sam_adaptive=False),  # Foret et al.'s CIFAR default
     "sam-0.5": replace(ASAM, sam_rho=0.5, sam_adaptive=False),  # about ASAM's measured ||e(w)||
-    "noise-aug": replace(ASAM, sam_rho=None, sam_adaptive=False, noise_max_sigma=0.6),
+    "noise-aug": replace(SGD, noise_max_sigma=0.6),
     "adam-sam": replace(BASELINE, sam_rho=0.05),
+    # Controls for SAM's extra cost and for the other route to flat minima (Kaddour et al., 2022).
+    # sgd-2x: SGD with SAM's number of gradient evaluations (2 x 80 epochs, milestones at the same fractions).
+    "sgd-2x": replace(SGD, epochs=160),
+    # swa: the sgd run, its weights averaged after each of its last 20 epochs (swa_start 0.75) at a constant lr
+    # of 0.004, the lr sgd itself has at 75 % of training (0.1 * 0.2 ** 2): averaging starts without a jump in
+    # lr, and SWALR holds it there instead of the final drop to 0.0008 (constant-lr SWA, Izmailov et al., 2018).
+    "swa": replace(SGD, swa_start=0.75, swa_lr=0.004),
 }
-# Controls for SAM's extra cost and for the other route to flat minima (Kaddour et al., 2022).
-# sgd-2x: SGD with SAM's number of gradient evaluations (2 x 80 epochs; milestones at the same fractions).
-# swa: the sgd run, its weights averaged after each of its last 20 epochs (swa_start 0.75) at a constant
-# lr of 0.004, the lr the sgd recipe itself has at 75 % of training (0.1 * 0.2 ** 2, after its 30 % and
-# 60 % milestones): averaging starts without a jump in lr, and SWALR holds the lr there instead of the
-# final drop to 0.0008 at 80 % (SWA averages iterates of a constant-lr phase, Izmailov et al., 2018).
-_SGD = STUDY_RECIPES["sgd"]
-STUDY_RECIPES["sgd-2x"] = replace(_SGD, epochs=160)
-STUDY_RECIPES["swa"] = replace(_SGD, swa_start=0.75, swa_lr=0.004)
 
 
 # ----------------------------------------------------------------------------- evaluation
