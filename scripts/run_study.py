@@ -164,6 +164,7 @@ def train_one(job: Job, size: Size) -> dict:
               "history": history, "training_code": code_version(),
               "seconds": {"train": train_s},
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels torch picked (float sums)
               "threads": torch.get_num_threads(),
               "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
                            "python": platform.python_version()}}
@@ -188,6 +189,7 @@ def evaluate_one(job: Job, size: Size, record: dict) -> dict:
     parts = metrics.pop("seconds")
     return {**record, "metrics": metrics, "evaluation": {"settings": size.evaluation.as_dict(),
                                                          "code": code_version(),
+                                                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                                                          "threads": torch.get_num_threads()},
             "sizes": {**record["sizes"], "test": len(data["test"][0][: size.evaluation.n_test]),
                       "probe": len(data["probe"][0])},
