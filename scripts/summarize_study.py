@@ -214,7 +214,8 @@ def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitiv
                     configs: dict, paired: dict) -> str:
     """The README block: runs, the plan's results (confirmatory, then sensitivity), and the
     exploratory tables."""
-    finished = "; ".join(f"{c}: {len(s)} (seeds {min(s)}-{max(s)})" for c, s in runs.items())
+    seeds = lambda s: f"seed {min(s)}" if len(s) == 1 else f"seeds {min(s)}-{max(s)}"  # noqa: E731
+    finished = "; ".join(f"{c}: {len(s)} ({seeds(s)})" for c, s in runs.items())
     lines = [f"Evaluated runs on {dataset} ({sum(map(len, runs.values()))}): {finished}.", ""]
     lines += ["**The plan's tests, confirmatory seeds (>= 3)** (results/ANALYSIS_PLAN.md):", ""]
     if any("p" in r for r in confirmatory):
