@@ -858,10 +858,10 @@ class NotebookSetup:
         return self.output_dir / "results" / "figures"
 
     def save_figure(self, fig, name: str) -> Path:
-        """Save ``fig`` as ``results/figures/<name>.png`` under the output folder; return the path."""
+        """Save ``fig`` as ``results/figures/<name>.png`` under the output folder (atomically); return the path."""
         path = self.figures / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
         return path
 
 
