@@ -241,9 +241,7 @@ def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitiv
         body = [[n.replace("_", " ") + ("" if n in corruptions.CORRUPTIONS else " (extended)"),
                  *(interval(v.get(f"corruption_{n}"), True) for v in paired.values())] for n in names]
         lines += ["**Exploratory: paired differences under each corruption:**", "", L.markdown_table(header, body), ""]
-    lines.append(f"Written by `scripts/summarize_study.py --dataset {dataset} --readme README.md` from "
-                 f"`results/study/{dataset}/*.json`.")
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n")
 
 
 def splice_into_readme(path: Path, report: str, dataset: str) -> None:
@@ -448,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corruption-examples", type=Path, metavar="PNG",
                         help="also draw every corruption on 3 test digits (results/corruption_examples.png)")
     parser.add_argument("--compare-with", type=Path, metavar="DIR",
-                        help="also print how each run compares with the same pair's record in DIR")
+                        help="also report how each run compares with the same pair's record in DIR")
     args = parser.parse_args(argv)
     study_dir = args.study_dir or ROOT / "results" / "study" / args.dataset
     out_dir = args.out_dir or ROOT / "results" / "summary" / args.dataset
@@ -471,9 +469,14 @@ def main(argv: list[str] | None = None) -> None:
                "sensitivity": sensitivity, "configurations": configs, "paired": paired}
     write_tables(out_dir, summary)
     report = markdown_report(args.dataset, runs, confirmatory, sensitivity, configs, paired)
-    print(report)
     if args.compare_with:
-        print(f"\nCompared with {args.compare_with}:\n\n{compare_with(args.compare_with, runs)}")
+        report += (f"\n\n**Each run against the same pair's record in `{args.compare_with.as_posix()}`** (training "
+                   "history and the accuracies both measure the same way; Δ = this run - that record):\n\n"
+                   + compare_with(args.compare_with, runs))
+    flags = f" --compare-with {args.compare_with.as_posix()}" if args.compare_with else ""
+    report += (f"\n\nWritten by `scripts/summarize_study.py --dataset {args.dataset} --readme README.md{flags}` "
+               f"from `results/study/{args.dataset}/*.json`.")
+    print(report)
     if args.readme:
         if quick:
             sys.exit(f"refusing to write QUICK smoke-test numbers into {args.readme}")
