@@ -301,11 +301,11 @@ def colours(runs: dict) -> dict[str, tuple]:
 
 
 def mean_and_band(ax, x: list[float], curves: np.ndarray, colour, label: str) -> None:
-    """Mean curve with its 95 % t interval as a band (n >= 2)."""
+    """Mean accuracy curve with its 95 % t interval as a band (n >= 2), the band clipped to 0-100 %."""
     ax.plot(x, curves.mean(0), marker="o", ms=3, color=colour, label=label)
     if len(curves) >= 2:
-        bands = [statistics.describe(list(column)) for column in curves.T]
-        ax.fill_between(x, [b["ci95"][0] for b in bands], [b["ci95"][1] for b in bands], color=colour, alpha=0.2)
+        bands = np.array([statistics.describe(list(column))["ci95"] for column in curves.T]).clip(0, 100)
+        ax.fill_between(x, bands[:, 0], bands[:, 1], color=colour, alpha=0.2)
 
 
 def plot_curves(runs: dict, path: Path, title: str, panels: list[tuple[str, str, callable]]) -> None:
@@ -329,7 +329,7 @@ def plot_curves(runs: dict, path: Path, title: str, panels: list[tuple[str, str,
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
     fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(runs), 9))
-    fig.suptitle(title + "\nmean over seeds; band: 95 % t interval of the mean")
+    fig.suptitle(title + "\nmean over seeds; band: 95 % t interval of the mean, clipped to 0-100 %")
     save(fig, path)
 
 
@@ -361,10 +361,11 @@ def plot_seed_spread(flat: dict, path: Path, tag: str) -> None:
     """Every seed a dot, per configuration, for the primary endpoints: the seed lottery."""
     fig, axes = plt.subplots(1, len(PRIMARY_ENDPOINTS), figsize=(15, 4.8), layout="constrained")
     generator = np.random.default_rng(0)  # horizontal jitter only
+    colour = colours(flat)
     for ax, endpoint in zip(axes, PRIMARY_ENDPOINTS):
-        for i, seeds in enumerate(flat.values()):
+        for i, (config, seeds) in enumerate(flat.items()):
             values = [f[endpoint] for f in seeds.values()]
-            ax.scatter(i + generator.uniform(-0.15, 0.15, len(values)), values, s=16, alpha=0.7)
+            ax.scatter(i + generator.uniform(-0.15, 0.15, len(values)), values, s=16, alpha=0.7, color=colour[config])
             ax.hlines(np.mean(values), i - 0.3, i + 0.3, color="black")
         ax.set_xticks(range(len(flat)), list(flat), rotation=35, ha="right")
         ax.set(ylabel="accuracy (%)", title=endpoint)
