@@ -522,25 +522,22 @@ class Recipe:
         optimizer = optimizer or self.make_optimizer(model.parameters())
         augment = (None if self.noise_max_sigma is None
                    else partial(random_gaussian_noise, max_sigma=self.noise_max_sigma))
+        common = dict(batch_size=self.batch_size, label_smoothing=self.label_smoothing, reduction=self.reduction,
+                      batch_transform=augment, **train_options)
         if self.swa_start is None:
-            history = train(model, optimizer, images, labels, epochs=self.epochs, batch_size=self.batch_size,
-                            label_smoothing=self.label_smoothing, reduction=self.reduction,
-                            scheduler=self.make_scheduler(optimizer), batch_transform=augment, seed=seed,
-                            **train_options)
+            history = train(model, optimizer, images, labels, epochs=self.epochs,
+                            scheduler=self.make_scheduler(optimizer), seed=seed, **common)
             return history, optimizer
-        return self._fit_swa(model, images, labels, seed, optimizer, augment, **train_options), optimizer
+        return self._fit_swa(model, images, labels, seed, optimizer, **common), optimizer
 
     def _fit_swa(self, model: nn.Module, images: Tensor, labels: Tensor, seed: int | torch.Generator,
-                 optimizer: torch.optim.Optimizer, augment: Callable | None, *,
-                 on_epoch: Callable[[dict], None] | None = None, on_step: Callable[[int], None] | None = None,
-                 **train_options) -> list[dict]:
+                 optimizer: torch.optim.Optimizer, *, on_epoch: Callable[[dict], None] | None = None,
+                 on_step: Callable[[int], None] | None = None, **common) -> list[dict]:
         generator = (seed if isinstance(seed, torch.Generator)
                      else torch.Generator(device=images.device).manual_seed(seed))
         averaged_epochs = self.swa_epochs()
         start = self.epochs - averaged_epochs
         steps_per_epoch = -(-len(images) // self.batch_size)
-        common = dict(batch_size=self.batch_size, label_smoothing=self.label_smoothing, reduction=self.reduction,
-                      batch_transform=augment, seed=generator, **train_options)
 
         def phase(epochs: int, scheduler, epoch_offset: int, average: AveragedModel | None) -> list[dict]:
             def epoch_done(row: dict) -> None:
@@ -551,7 +548,7 @@ class Recipe:
                     on_epoch(row)
 
             step_done = None if on_step is None else (lambda step: on_step(step + epoch_offset * steps_per_epoch))
-            return train(model, optimizer, images, labels, epochs=epochs, scheduler=scheduler,
+            return train(model, optimizer, images, labels, epochs=epochs, scheduler=scheduler, seed=generator,
                          on_epoch=epoch_done, on_step=step_done, **common)
 
         history = phase(start, self.make_scheduler(optimizer), 0, None) if start else []
