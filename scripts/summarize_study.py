@@ -177,10 +177,6 @@ def exploratory(flat: dict[str, dict[int, dict]]) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------- tables
 
 
-def number(value: float | None, spec: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{spec}}"
-
-
 def interval(stats: dict | None, signed: bool = False, digits: int = 2) -> str:
     """``mean [low, high]`` (just the mean where the interval is undefined)."""
     if not stats or stats.get("n", 0) == 0:
