@@ -125,6 +125,14 @@ def quadratic_loss(params: dict) -> torch.Tensor:
     return sum(0.5 * (QUAD_A[k] * p ** 2).sum() + (QUAD_B[k] * p).sum() for k, p in params.items())
 
 
+def quadratic_sam_step(opt: SAM, params: dict) -> None:
+    """One explicit two-pass SAM step on :func:`quadratic_loss`."""
+    quadratic_loss(params).backward()
+    opt.first_step(zero_grad=True)
+    quadratic_loss(params).backward()
+    opt.second_step(zero_grad=True)
+
+
 def test_second_step_equals_manual_sgd_at_perturbed_point():
     rho = {"a": 0.2, "b": 0.05}
     adaptive = {"a": False, "b": True}
@@ -136,10 +144,7 @@ def test_second_step_equals_manual_sgd_at_perturbed_point():
     w = {k: p.detach().clone() for k, p in params.items()}
     buf = {}
     for _ in range(3):
-        quadratic_loss(params).backward()
-        opt.first_step(zero_grad=True)
-        quadratic_loss(params).backward()
-        opt.second_step(zero_grad=True)
+        quadratic_sam_step(opt, params)
 
         g = {k: QUAD_A[k] * w[k] + QUAD_B[k] for k in w}
         t = {k: w[k].abs() if adaptive[k] else torch.ones_like(w[k]) for k in w}
@@ -461,10 +466,7 @@ def test_max_grad_norm_clips_the_gradient_taken_at_the_perturbed_point(max_grad_
     opt = SAM(list(params.values()), torch.optim.SGD, rho=rho, lr=lr, max_grad_norm=max_grad_norm)
     w = {k: p.detach().clone() for k, p in params.items()}
     for _ in range(3):
-        quadratic_loss(params).backward()
-        opt.first_step(zero_grad=True)
-        quadratic_loss(params).backward()
-        opt.second_step(zero_grad=True)
+        quadratic_sam_step(opt, params)
 
         g = {k: QUAD_A[k] * w[k] + QUAD_B[k] for k in w}
         norm = torch.sqrt(sum((g[k] ** 2).sum() for k in w))
