@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -206,13 +207,28 @@ def plan_table(rows: list[dict]) -> str:
     return L.markdown_table(header, body)
 
 
+def provenance(runs: dict) -> str:
+    """Which commits trained and evaluated the records, and the wall time they record."""
+    records = [r for seeds in runs.values() for r in seeds.values()]
+
+    def commits(get) -> str:
+        counts = Counter((get(r).get("git_commit") or "unknown")[:7] for r in records)
+        return ", ".join(f"`{commit}` ({n})" for commit, n in counts.most_common())
+
+    hours = {k: sum(r["seconds"][k] for r in records) / 3600 for k in ("train", "evaluate")}
+    return (f"Code (from the records): trained with commit {commits(lambda r: r['training_code'])}; evaluated "
+            f"with {commits(lambda r: r['evaluation']['code'])}. Wall time in the records, summed over runs: "
+            f"{hours['train']:.1f} h of training and {hours['evaluate']:.1f} h of (latest) evaluation, on "
+            f"{'/'.join(sorted({str(r['threads']) for r in records}))} thread(s) per run.")
+
+
 def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitivity: list[dict],
                     configs: dict, paired: dict) -> str:
     """The README block: runs, the plan's results (confirmatory, then sensitivity), and the
     exploratory tables."""
     seeds = lambda s: f"seed {min(s)}" if len(s) == 1 else f"seeds {min(s)}-{max(s)}"  # noqa: E731
     finished = "; ".join(f"{c}: {len(s)} ({seeds(s)})" for c, s in runs.items())
-    lines = [f"Evaluated runs on {dataset} ({sum(map(len, runs.values()))}): {finished}.", ""]
+    lines = [f"Evaluated runs on {dataset} ({sum(map(len, runs.values()))}): {finished}.", "", provenance(runs), ""]
     lines += ["**The plan's tests, confirmatory seeds (>= 3)** (results/ANALYSIS_PLAN.md):", ""]
     if any("p" in r for r in confirmatory):
         lines += [plan_table(confirmatory), ""]

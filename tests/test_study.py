@@ -42,7 +42,7 @@ def fake_record(config: str, seed: int, accuracy: float = 97.0, shifts: dict | N
     record = {
         "config": config, "seed": seed, "dataset": "mnist", "quick": quick, "hyperparameters": {"lr": 0.1},
         "sizes": {"train": 55000, "val": 5000, "test": 10000, "probe": 1000}, "history": [],
-        "training_code": {"git_commit": "x"}, "seconds": 1.0, "threads": 1,
+        "training_code": {"git_commit": "x"}, "seconds": {"train": 3600.0, "evaluate": 60.0}, "threads": 1,
         "metrics": {
             "clean": acc + 2 + shifts.get("clean", 0), "normalized_clean": acc + 1.9,
             "seed_protocol": {s: acc - 20 * float(s) for s in ("0.4", "0.6", "0.8")},
@@ -215,6 +215,9 @@ def test_main_end_to_end(tmp_path):
     assert head == "# Title\n\nbefore\n\n" and tail == f"\n\nafter\n{other}\n"
     assert block.startswith("\n\nEvaluated runs on mnist (10): sgd: 4 (seeds 3-6); swa: 2 (seeds 0-1)")
     assert block.endswith("from `results/study/mnist/*.json`.\n\n") and "old numbers" not in block
+    assert ("Code (from the records): trained with commit `x` (10); evaluated with `c3` (2), `c4` (2), `c5` (2), "
+            "`c6` (2), `c0` (1), `c1` (1). Wall time in the records, summed over runs: 10.0 h of training and 0.2 h "
+            "of (latest) evaluation, on 1 thread(s) per run.") in block
     assert "**The plan's tests, confirmatory seeds (>= 3)**" in block
     assert "| primary | asam - sgd | pixel_0.6 | 4 (17) |" in block
     assert "**Exploratory: mean [95 % t CI] per configuration**" in block
