@@ -19,7 +19,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+import run_study  # noqa: E402  (the study's data, exactly as its runs get it)
+
 import lenet_utils as L  # noqa: E402
 from analysis import evaluation  # noqa: E402
 
@@ -32,15 +35,13 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, help="a trained model to evaluate (default: the last one timed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images, labels = L.load_mnist(train=True)
-    split = L.train_val_split(images, labels)
-    test = L.load_mnist(train=False)
+    data = run_study.load_data("mnist", torch.device("cpu"), run_study.FULL)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f}")
     model = None
     for name in args.configs:
         recipe = L.STUDY_RECIPES[name]
-        x, y, val = (split[0], split[1], (split[2], split[3])) if recipe.split else (images, labels, None)
+        x, y, val = data["split"] if recipe.split else data["full"]
         L.set_seed(0)
         model = L.LeNet5()
         history, _ = replace(recipe, epochs=args.epochs).fit(model, x, y, val_data=val, progress=False)
@@ -50,9 +51,9 @@ def main() -> None:
     if args.weights:
         model = L.LeNet5()
         L.load_checkpoint(args.weights, model)
-    probe = evaluation.probe_set(split[0], split[1], evaluation.FULL)
     start = time.perf_counter()
-    metrics = evaluation.evaluate_model(model, test, probe, evaluation.FULL, (L.MNIST_MEAN, L.MNIST_STD))
+    metrics = evaluation.evaluate_model(model, data["test"], data["probe"], evaluation.FULL,
+                                        (L.MNIST_MEAN, L.MNIST_STD))
     parts = ", ".join(f"{k} {v:.1f}" for k, v in metrics["seconds"].items())
     print(f"evaluation of one model: {time.perf_counter() - start:.1f} s ({parts})")
 
