@@ -98,9 +98,14 @@ def load_runs(study_dir: Path) -> dict[str, dict[int, dict]]:
     return {c: dict(sorted(runs[c].items())) for c in sorted(runs, key=rank)}
 
 
+def records_of(runs: dict[str, dict[int, dict]]) -> list[dict]:
+    """Every record of ``runs`` (configuration -> seed -> record), in order."""
+    return [r for seeds in runs.values() for r in seeds.values()]
+
+
 def check_consistency(runs: dict[str, dict[int, dict]]) -> list[str]:
     """Warnings when the records come from different evaluation code or settings."""
-    records = [r for seeds in runs.values() for r in seeds.values()]
+    records = records_of(runs)
     warnings = []
     for what, get in (("evaluation code (analysis/ and lenet_utils.py)", lambda r: r["evaluation"]["code"]),
                       ("evaluation settings", lambda r: r["evaluation"]["settings"])):
@@ -209,7 +214,7 @@ def plan_table(rows: list[dict]) -> str:
 
 def provenance(runs: dict) -> str:
     """Which commits trained and evaluated the records, and the wall time they record."""
-    records = [r for seeds in runs.values() for r in seeds.values()]
+    records = records_of(runs)
 
     def commits(get) -> str:
         counts = Counter((get(r).get("git_commit") or "unknown")[:7] for r in records)
@@ -475,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         sys.exit(0 if args.corruption_examples else f"no evaluated run records in {study_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    quick = any(r.get("quick") for seeds in runs.values() for r in seeds.values())
+    quick = any(r.get("quick") for r in records_of(runs))
     tag = "\n[QUICK smoke-test runs: not results]" if quick else ""
     warnings = check_consistency(runs) + (["QUICK smoke-test runs: these numbers are not results"] if quick else [])
     for warning in warnings:
