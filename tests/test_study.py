@@ -99,11 +99,16 @@ def test_plan_constants_match_the_plan():
     assert re.search(r"lower for `(\w+)` than for `(\w+)`", PLAN).groups() == S.MANIPULATION_CHECK[:2]
     seeds = PLAN.split("## Seeds")[1].split("\n## ")[0]
     ranges = re.findall(r"seeds (\d+)-(\d+) for", seeds)
-    assert {int(a) for a, _ in ranges} == {S.CONFIRMATORY_FIRST_SEED}
+    assert {int(a) for a, _ in ranges} == {S.CONFIRMATORY_FIRST_SEED["mnist"]}
     assert [int(b) + 1 for _, b in ranges] == [S.PLANNED_SEEDS["mnist"]["asam"], S.PLANNED_SEEDS["mnist"]["*"]]
     assert S.PLANNED_SEEDS["mnist"]["asam"] == S.PLANNED_SEEDS["mnist"]["sgd"]
-    fashion = re.search(r"Fashion-MNIST \(seeds 0-(\d+)", PLAN).group(1)
-    assert S.PLANNED_SEEDS["fashion-mnist"] == {"*": int(fashion) + 1}
+    fashion = PLAN.split("## Replication on Fashion-MNIST")[1].split("\n## ")[0]
+    last, configs, pair_last, *pair = re.search(
+        r"\(seeds 0-(\d+), configurations ([\w.,\s-]+); seeds 0-(\d+) for (\w+) and (\w+)\)", fashion).groups()
+    planned = {**{c.strip(): int(last) + 1 for c in configs.split(",")}, **{c: int(pair_last) + 1 for c in pair}}
+    assert S.PLANNED_SEEDS["fashion-mnist"] == {**planned, "*": 0}
+    assert int(re.search(r"first confirmatory seed (\d+)", fashion).group(1)) == S.CONFIRMATORY_FIRST_SEED[
+        "fashion-mnist"]
     assert {float(a) for a in re.findall(r"alpha (0\.\d+)", PLAN)} == {S.ALPHA}
 
 
@@ -153,6 +158,43 @@ def test_seeds_0_to_2_are_sensitivity_only_and_interim():
     assert {(r["family"], r["metric"]) for r in tested} >= {("primary", m) for m in S.PRIMARY_ENDPOINTS}
     assert all(r["n"] == 3 and r["planned_n"] == 20 and r["interim"] for r in tested)
     assert "(interim)" in S.plan_table(tested)
+
+
+def test_plan_answer_states_each_verdict_and_the_rule():
+    flat = flat_of(study(range(20)))
+    answer = S.plan_answer("mnist", S.plan_results(flat, "mnist", confirmatory=True))
+    assert answer.startswith("**The plan's answer on mnist** (final: all 17 planned seeds;")
+    assert "- pixel σ=0.6: **supported (asam > sgd)**, +2.0" in answer
+    assert "- MNIST-C mean: **no effect (equivalent within ±1)**" in answer
+    assert "- PGD ε=0.1: **inconclusive**" in answer and "- λ_max (Hessian): **supported (asam < sgd)**" in answer
+    assert ("`asam` is more robust than `sgd` on: pixel σ=0.6; less robust on: none; equivalent within the margin "
+            "on: MNIST-C mean; inconclusive on: PGD ε=0.1.") in answer
+    assert "The manipulation check holds" in answer
+    for s in range(3, 20):  # asam now as sharp as sgd, plus a little: the check fails
+        flat["asam"][s]["hessian_eigenvalue"] = flat["sgd"][s]["hessian_eigenvalue"] + 1 + 0.1 * wiggle(s)
+    answer = S.plan_answer("mnist", S.plan_results(flat, "mnist", confirmatory=True))
+    assert "- λ_max (Hessian): **supported (asam > sgd)**" in answer and "check does not hold" in answer
+    interim = S.plan_answer("mnist", S.plan_results(flat_of(study(range(6))), "mnist", confirmatory=True))
+    assert interim.startswith("**The plan's answer on mnist** (interim: n = 3 of the 17 planned seeds")
+    assert "none yet" in S.plan_answer("mnist", S.plan_results(flat_of(study(range(3))), "mnist", confirmatory=True))
+
+
+def test_fashion_mnist_seeds_are_all_confirmatory_and_unplanned_contrasts_left_out(tmp_path):
+    records = study(range(5)) + [fake_record(c, s) for c in ("sam-0.05", "adam-sam", "baseline") for s in range(5)]
+    rows = S.plan_results(flat_of(records), "fashion-mnist", confirmatory=True)
+    primary = rows_by(rows, "primary")
+    assert all(r["n"] == 5 and r["planned_n"] == 8 and r["interim"] for r in primary.values())
+    assert {c for c, _ in rows_by(rows, "secondary")} == {"sam-0.05 - sgd"}  # adam-sam is not in its plan
+    assert all(r["planned_n"] == 5 for r in rows_by(rows, "secondary").values())
+    begin, end = S.readme_markers("fashion-mnist")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{begin}\n{end}\n")
+    S.main(["--dataset", "fashion-mnist", "--study-dir", str(write(tmp_path / "study", records)),
+            "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
+    block = readme.read_text()
+    assert "**The plan's answer on fashion-mnist** (interim: n = 5 of the 8 planned seeds" in block
+    assert "**The plan's tests, confirmatory seeds (>= 0)**" in block
+    assert "Sensitivity analysis" not in block  # every seed is confirmatory: it would repeat the table
 
 
 @pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
@@ -213,7 +255,8 @@ def test_main_end_to_end(tmp_path):
     head, rest = text.split(begin)
     block, tail = rest.split(end)
     assert head == "# Title\n\nbefore\n\n" and tail == f"\n\nafter\n{other}\n"
-    assert block.startswith("\n\nEvaluated runs on mnist (10): sgd: 4 (seeds 3-6); swa: 2 (seeds 0-1)")
+    assert block.startswith("\n\n**The plan's answer on mnist** (interim: n = 4 of the 17 planned seeds")
+    assert "\n\nEvaluated runs on mnist (10): sgd: 4 (seeds 3-6); swa: 2 (seeds 0-1)" in block
     assert block.endswith("from `results/study/mnist/*.json`.\n\n") and "old numbers" not in block
     assert ("Code (from the records): trained with commit `x` (10); evaluated with `c3` (2), `c4` (2), `c5` (2), "
             "`c6` (2), `c0` (1), `c1` (1). Wall time in the records, summed over runs: 10.0 h of training and 0.2 h "
