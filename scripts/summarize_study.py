@@ -3,8 +3,9 @@
 Reads the records of one dataset (``results/study/<dataset>/*.json``, written by run_study.py; any
 subset of configurations and seeds) and writes ``study_summary.json``, ``study_summary.csv`` and the
 figures into ``--out-dir`` (default ``results/summary/<dataset>``). ``--readme README.md`` rewrites
-the README's block between ``<!-- study-results:<dataset>:begin -->`` and ``...:end -->`` with the
-Markdown tables of this summary, so the README's numbers are the ones computed here.
+two blocks of the README: between ``<!-- study-answer:<dataset>:begin -->`` and ``...:end -->``, the
+plan's answer in words; between ``<!-- study-results:<dataset>:begin -->`` and ``...:end -->``, the
+Markdown tables of this summary. So the README's numbers are the ones computed here.
 ``--corruption-examples results/corruption_examples.png`` draws every corruption on 3 test digits.
 
 The plan's primary endpoints, contrasts, margins and seeds are the constants below (a test checks
@@ -63,8 +64,8 @@ REPORT_COLUMNS = {"clean": "clean", "pixel_0.6": "pixel σ=0.6", "mnist_c_mean":
 SHARPNESS = ("hessian_eigenvalue", "hessian_trace", "slice_rise", "perturbation_norm")
 
 
-def readme_markers(dataset: str) -> tuple[str, str]:
-    return f"<!-- study-results:{dataset}:begin -->", f"<!-- study-results:{dataset}:end -->"
+def readme_markers(dataset: str, block: str = "results") -> tuple[str, str]:
+    return f"<!-- study-{block}:{dataset}:begin -->", f"<!-- study-{block}:{dataset}:end -->"
 
 
 # ----------------------------------------------------------------------------- records
@@ -202,6 +203,11 @@ def p_value(p: float | None) -> str:
     return "-" if p is None or math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def p_clause(name: str, p: float) -> str:
+    """``p < 0.001`` or ``p = 0.008``, for prose and titles (``name`` in place of p)."""
+    return f"{name} < 0.001" if p < 0.001 else f"{name} = {p_value(p)}"
+
+
 def plan_table(rows: list[dict]) -> str:
     header = ["family", "contrast", "endpoint", "n (planned)", "mean difference [95 % CI]", "p (t)", "p (Holm)",
               "p (sign-flip)", "TOST p (margin)", "verdict"]
@@ -233,10 +239,10 @@ def plan_answer(dataset: str, rows: list[dict]) -> str:
 
     def sentence(r: dict) -> str:
         digits = 3 if r["metric"] in SHARPNESS else 2
-        p = lambda key: p_value(r[key]).replace("<", "< ")  # noqa: E731
-        tests = [f"p (Holm) {p('p_holm')}" if "p_holm" in r else f"p {p('p')}", f"p (sign-flip) {p('p_nonparametric')}"]
+        tests = [p_clause("p (Holm)", r["p_holm"]) if "p_holm" in r else p_clause("p", r["p"]),
+                 p_clause("p (sign-flip)", r["p_nonparametric"])]
         if r.get("margin") is not None and (r["p_equivalence"] < ALPHA or not r["verdict"].startswith("supported")):
-            tests.append(f"TOST p {p('p_equivalence')} against ±{r['margin']:g}")
+            tests.append(f"{p_clause('TOST p', r['p_equivalence'])} against ±{r['margin']:g}")
         return f"- {label(r)}: **{r['verdict']}**, {interval(r, signed=True, digits=digits)} ({'; '.join(tests)})."
 
     lines = [f"**The plan's answer on {dataset}** ({status}; `{a} - {b}` paired over seeds >= {first}, "
@@ -250,7 +256,7 @@ def plan_answer(dataset: str, rows: list[dict]) -> str:
     flatter = check["verdict"] == f"supported ({a} < {b})"
     rule += (" The manipulation check holds (SAM's minimum is flatter), so these are the effects of seeking a flat "
              "minimum with SAM in this recipe." if flatter else
-             " The manipulation check does not hold, so these results do not speak to flat minima.")
+             f" The manipulation check is not met ({check['verdict']}), so these results do not speak to flat minima.")
     return "\n".join([*lines, rule])
 
 
@@ -276,8 +282,7 @@ def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitiv
     seeds = lambda s: f"seed {min(s)}" if len(s) == 1 else f"seeds {min(s)}-{max(s)}"  # noqa: E731
     finished = "; ".join(f"{c}: {len(s)} ({seeds(s)})" for c, s in runs.items())
     first = CONFIRMATORY_FIRST_SEED[dataset]
-    lines = [plan_answer(dataset, confirmatory), "",
-             f"Evaluated runs on {dataset} ({sum(map(len, runs.values()))}): {finished}.", "", provenance(runs), ""]
+    lines = [f"Evaluated runs on {dataset} ({sum(map(len, runs.values()))}): {finished}.", "", provenance(runs), ""]
     lines += [f"**The plan's tests, confirmatory seeds (>= {first})** (results/ANALYSIS_PLAN.md; \"(interim)\": fewer "
               "seeds than planned, not the study's answer):", ""]
     if any("p" in r for r in confirmatory):
@@ -306,16 +311,19 @@ def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitiv
     return "\n".join(lines).rstrip("\n")
 
 
-def splice_into_readme(path: Path, report: str, dataset: str) -> None:
-    """Replace the text between the dataset's two markers in ``path`` with ``report``."""
-    begin_marker, end_marker = readme_markers(dataset)
+def splice_into_readme(path: Path, blocks: dict[str, str], dataset: str) -> None:
+    """Replace the text between each block's two markers in ``path`` (block -> new text); the file
+    is rewritten only if every block's markers are there."""
     text = path.read_text()
-    begin, end = text.find(begin_marker), text.find(end_marker)
-    if begin < 0 or end < begin or text.count(begin_marker) != 1 or text.count(end_marker) != 1:
-        raise ValueError(f"{path} needs exactly one line {begin_marker!r} followed later by exactly one "
-                         f"line {end_marker!r}; the summary goes between them")
+    for block, report in blocks.items():
+        begin_marker, end_marker = readme_markers(dataset, block)
+        begin, end = text.find(begin_marker), text.find(end_marker)
+        if begin < 0 or end < begin or text.count(begin_marker) != 1 or text.count(end_marker) != 1:
+            raise ValueError(f"{path} needs exactly one line {begin_marker!r} followed later by exactly one "
+                             f"line {end_marker!r}; the {block} block goes between them")
+        text = text[:begin + len(begin_marker)] + "\n\n" + report + "\n\n" + text[end:]
     with L.atomic_write(path) as f:
-        f.write(text[:begin + len(begin_marker)] + "\n\n" + report + "\n\n" + text[end:])
+        f.write(text)
 
 
 def write_tables(out_dir: Path, summary: dict) -> None:
@@ -416,7 +424,7 @@ def plot_sharpness(runs: dict, flat: dict, path: Path, tag: str) -> None:
             titles = []
             for subset, pairs in points.items():
                 rho, p = scipy_stats.spearmanr(*zip(*pairs)) if len(pairs) > 2 else (math.nan, math.nan)
-                titles.append(f"{subset}: ρ = {rho:+.2f} (p = {p_value(p)}, {len(pairs)} runs)")
+                titles.append(f"{subset}: ρ = {rho:+.2f} ({p_clause('p', p)}, {len(pairs)} runs)")
             ax.set(xlabel=label, ylabel=f"{endpoint} (%)")
             ax.set_title("Spearman " + "\n".join(titles), fontsize=10)
             ax.grid(alpha=0.3)
@@ -545,12 +553,13 @@ def main(argv: list[str] | None = None) -> None:
     flags = f" --compare-with {args.compare_with.as_posix()}" if args.compare_with else ""
     report += (f"\n\nWritten by `scripts/summarize_study.py --dataset {args.dataset} --readme README.md{flags}` "
                f"from `results/study/{args.dataset}/*.json`.")
-    print(report)
+    answer = plan_answer(args.dataset, confirmatory)
+    print(answer, report, sep="\n\n")
     if args.readme:
         if quick:
             sys.exit(f"refusing to write QUICK smoke-test numbers into {args.readme}")
-        splice_into_readme(args.readme, report, args.dataset)
-        print(f"\nrewrote the {args.dataset} study-results block of {args.readme}")
+        splice_into_readme(args.readme, {"answer": answer, "results": report}, args.dataset)
+        print(f"\nrewrote the {args.dataset} study-answer and study-results blocks of {args.readme}")
     figures(runs, flat, out_dir, tag)
     print(f"\nwrote {out_dir}/study_summary.csv, study_summary.json and the figures "
           f"from {sum(map(len, runs.values()))} runs of {len(runs)} configurations")

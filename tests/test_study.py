@@ -62,6 +62,12 @@ def fake_record(config: str, seed: int, accuracy: float = 97.0, shifts: dict | N
     return record
 
 
+def blocks(dataset: str, text: str = "old") -> str:
+    """A README's two study blocks of ``dataset`` (answer, then results), each holding ``text``."""
+    return "\n\n".join(f"{begin}\n{text}\n{end}"
+                       for begin, end in (S.readme_markers(dataset, b) for b in ("answer", "results")))
+
+
 def flat_of(records: list[dict]) -> dict[str, dict[int, dict]]:
     flat: dict[str, dict[int, dict]] = {}
     for r in records:
@@ -173,7 +179,8 @@ def test_plan_answer_states_each_verdict_and_the_rule():
     for s in range(3, 20):  # asam now as sharp as sgd, plus a little: the check fails
         flat["asam"][s]["hessian_eigenvalue"] = flat["sgd"][s]["hessian_eigenvalue"] + 1 + 0.1 * wiggle(s)
     answer = S.plan_answer("mnist", S.plan_results(flat, "mnist", confirmatory=True))
-    assert "- λ_max (Hessian): **supported (asam > sgd)**" in answer and "check does not hold" in answer
+    assert "- λ_max (Hessian): **supported (asam > sgd)**" in answer
+    assert "check is not met (supported (asam > sgd))" in answer
     interim = S.plan_answer("mnist", S.plan_results(flat_of(study(range(6))), "mnist", confirmatory=True))
     assert interim.startswith("**The plan's answer on mnist** (interim: n = 3 of the 17 planned seeds")
     assert "none yet" in S.plan_answer("mnist", S.plan_results(flat_of(study(range(3))), "mnist", confirmatory=True))
@@ -186,9 +193,8 @@ def test_fashion_mnist_seeds_are_all_confirmatory_and_unplanned_contrasts_left_o
     assert all(r["n"] == 5 and r["planned_n"] == 8 and r["interim"] for r in primary.values())
     assert {c for c, _ in rows_by(rows, "secondary")} == {"sam-0.05 - sgd"}  # adam-sam is not in its plan
     assert all(r["planned_n"] == 5 for r in rows_by(rows, "secondary").values())
-    begin, end = S.readme_markers("fashion-mnist")
     readme = tmp_path / "README.md"
-    readme.write_text(f"{begin}\n{end}\n")
+    readme.write_text(blocks("fashion-mnist"))
     S.main(["--dataset", "fashion-mnist", "--study-dir", str(write(tmp_path / "study", records)),
             "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
     block = readme.read_text()
@@ -245,18 +251,23 @@ def test_main_end_to_end(tmp_path):
     # swa only has seeds 0-1: "asam - swa" shares no seeds with asam's 3-6
     records = study(range(3, 7)) + [fake_record("swa", s) for s in (0, 1)]
     study_dir, out = write(tmp_path / "study", records), tmp_path / "out"
-    begin, end = S.readme_markers("mnist")
-    other = "<!-- study-results:fashion-mnist:begin -->\nkeep\n<!-- study-results:fashion-mnist:end -->"
+    (answer_begin, answer_end), (begin, end) = (S.readme_markers("mnist", b) for b in ("answer", "results"))
+    other = blocks("fashion-mnist", "keep")
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n\nbefore\n\n{begin}\nold numbers\n{end}\n\nafter\n{other}\n")
+    readme.write_text(f"# Title\n\n{answer_begin}\nold answer\n{answer_end}\n\nbefore\n\n"
+                      f"{begin}\nold numbers\n{end}\n\nafter\n{other}\n")
     argv = ["--study-dir", str(study_dir), "--out-dir", str(out), "--readme", str(readme)]
     S.main(argv)
     text = readme.read_text()
     head, rest = text.split(begin)
     block, tail = rest.split(end)
-    assert head == "# Title\n\nbefore\n\n" and tail == f"\n\nafter\n{other}\n"
-    assert block.startswith("\n\n**The plan's answer on mnist** (interim: n = 4 of the 17 planned seeds")
-    assert "\n\nEvaluated runs on mnist (10): sgd: 4 (seeds 3-6); swa: 2 (seeds 0-1)" in block
+    assert head.endswith(f"{answer_end}\n\nbefore\n\n") and tail == f"\n\nafter\n{other}\n"
+    answer = head.split(answer_begin)[1].split(answer_end)[0]
+    assert answer.startswith("\n\n**The plan's answer on mnist** (interim: n = 4 of the 17 planned seeds")
+    # asam is flatter in every made-up record, but 4 seeds cannot reach sign-flip p < 0.05
+    assert answer.endswith("The manipulation check is not met (inconclusive), so these results do not speak to flat "
+                           "minima.\n\n")
+    assert block.startswith("\n\nEvaluated runs on mnist (10): sgd: 4 (seeds 3-6); swa: 2 (seeds 0-1)")
     assert block.endswith("from `results/study/mnist/*.json`.\n\n") and "old numbers" not in block
     assert ("Code (from the records): trained with commit `x` (10); evaluated with `c3` (2), `c4` (2), `c5` (2), "
             "`c6` (2), `c0` (1), `c1` (1). Wall time in the records, summed over runs: 10.0 h of training and 0.2 h "
@@ -283,13 +294,15 @@ def test_main_end_to_end(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
 
 
-def test_readme_without_markers_is_refused_and_untouched(tmp_path):
+@pytest.mark.parametrize("present, missing", [("answer", "results"), ("results", "answer"), (None, "answer")])
+def test_readme_without_markers_is_refused_and_untouched(tmp_path, present, missing):
     study_dir = write(tmp_path / "study", study(range(3, 5)))
     readme = tmp_path / "README.md"
-    readme.write_text("# no markers here\n")
-    with pytest.raises(ValueError, match="study-results:mnist:begin"):
+    text = "# one block only\n" + ("\n".join(S.readme_markers("mnist", present)) if present else "")
+    readme.write_text(text)
+    with pytest.raises(ValueError, match=f"study-{missing}:mnist:begin"):
         S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
-    assert readme.read_text() == "# no markers here\n"
+    assert readme.read_text() == text
 
 
 def test_quick_records_are_refused_for_the_readme(tmp_path):
