@@ -135,12 +135,13 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
     otherwise all seeds (the sensitivity analysis). Contrasts of configurations the dataset's plan
     does not run are left out."""
     first = CONFIRMATORY_FIRST_SEED[dataset] if confirmatory else 0
+    shared = lambda a, b: min(planned_seeds(dataset, a), planned_seeds(dataset, b))  # noqa: E731  (seeds 0..n-1)
 
     def test(a: str, b: str, metric: str, margin: float | None, family: str) -> dict:
         row = {"family": family, "contrast": f"{a} - {b}", "metric": metric, "margin": margin}
         values = [{s: f[metric] for s, f in flat.get(c, {}).items() if s >= first and metric in f} for c in (a, b)]
         common = sorted(set(values[0]) & set(values[1]))
-        planned = min(planned_seeds(dataset, a), planned_seeds(dataset, b)) - first
+        planned = shared(a, b) - first
         row["planned_n"] = planned
         if len(common) < 2:
             return {**row, "n": len(common), "verdict": "missing (fewer than 2 paired seeds)"}
@@ -153,7 +154,7 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
                 ("manipulation check", (MANIPULATION_CHECK[:2],), {MANIPULATION_CHECK[2]: None}))
     for family, contrasts, endpoints in families:
         family_rows = [test(a, b, metric, margin, family) for a, b in contrasts for metric, margin in endpoints.items()
-                       if min(planned_seeds(dataset, a), planned_seeds(dataset, b)) > 0]
+                       if shared(a, b) > 0]
         # a NaN p (identical paired values: no variance) is not a test; it stays out of Holm
         tested = {i: r["p"] for i, r in enumerate(family_rows) if "p" in r and not math.isnan(r["p"])}
         adjusted = statistics.holm({str(i): p for i, p in tested.items()}) if tested else {}
