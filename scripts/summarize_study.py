@@ -158,10 +158,13 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
         # a NaN p (identical paired values: no variance) is not a test; it stays out of Holm
         tested = {i: r["p"] for i, r in enumerate(family_rows) if "p" in r and not math.isnan(r["p"])}
         adjusted = statistics.holm({str(i): p for i, p in tested.items()}) if tested else {}
+        # Holm over part of a family understates every adjusted p: the whole family stays interim until it is complete
+        family_incomplete = any(r.get("interim") or "p" not in r for r in family_rows)
         for i, r in enumerate(family_rows):
             if "p" in r:
                 if family in ("primary", "secondary"):
                     r["p_holm"] = adjusted.get(str(i), math.nan)
+                    r["interim"] = r["interim"] or family_incomplete
                 r["verdict"] = statistics.verdict(r, alpha=ALPHA, names=tuple(r["contrast"].split(" - ")))
         rows += family_rows
     return rows
@@ -285,7 +288,7 @@ def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitiv
     first = CONFIRMATORY_FIRST_SEED[dataset]
     lines = [f"Evaluated runs on {dataset} ({sum(map(len, runs.values()))}): {finished}.", "", provenance(runs), ""]
     lines += [f"**The plan's tests, confirmatory seeds (>= {first})** (results/ANALYSIS_PLAN.md; \"(interim)\": fewer "
-              "seeds than planned, not the study's answer):", ""]
+              "seeds than planned in the row or its Holm family, not the study's answer):", ""]
     if any("p" in r for r in confirmatory):
         lines += [plan_table(confirmatory), ""]
     else:

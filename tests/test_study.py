@@ -166,6 +166,22 @@ def test_seeds_0_to_2_are_sensitivity_only_and_interim():
     assert "(interim)" in S.plan_table(tested)
 
 
+def test_a_holm_family_stays_interim_until_every_test_in_it_is_complete():
+    """Holm over part of a family understates the adjusted p-values: complete contrasts inside an
+    incomplete family are interim; they are final once every planned contrast has its seeds."""
+    controls = [fake_record(c, s) for c in ("sgd-2x", "swa") for s in range(10)]
+    rows = S.plan_results(flat_of(study(range(20)) + controls), "mnist", confirmatory=True)
+    secondary = rows_by(rows, "secondary")
+    tested = [r for r in secondary.values() if "p" in r]
+    assert {r["contrast"] for r in tested} == {"asam - sgd-2x", "asam - swa"}
+    assert all(r["n"] == r["planned_n"] == 7 and r["interim"] for r in tested)
+    assert not any(r["interim"] for r in rows_by(rows, "primary").values())  # the primary family is complete
+    others = [fake_record(c, s) for c in ("baseline", "adam-sam", "sam-0.05", "sam-0.5") for s in range(10)]
+    complete = rows_by(S.plan_results(flat_of(study(range(20)) + controls + others), "mnist", True), "secondary")
+    assert len(complete) == 3 * len(S.SECONDARY_CONTRASTS)
+    assert all("p" in r and not r["interim"] for r in complete.values())
+
+
 def test_plan_answer_states_each_verdict_and_the_rule():
     flat = flat_of(study(range(20)))
     answer = S.plan_answer("mnist", S.plan_results(flat, "mnist", confirmatory=True))
