@@ -227,9 +227,25 @@ def plan_table(rows: list[dict]) -> str:
     return L.markdown_table(header, body)
 
 
+def endpoint_label(r: dict) -> str:
+    return {"clean": "clean accuracy"}.get(r["metric"], REPORT_COLUMNS[r["metric"]])
+
+
+def endpoint_sentence(r: dict, indent: str = "") -> str:
+    """One tested row of ``plan_results`` in words: verdict, interval and its tests."""
+    digits = 3 if r["metric"] in SHARPNESS else 2
+    tests = [p_clause("p (Holm)", r["p_holm"]) if "p_holm" in r else p_clause("p", r["p"]),
+             p_clause("p (sign-flip)", r["p_nonparametric"])]
+    if r.get("margin") is not None and (r["p_equivalence"] < ALPHA or not r["verdict"].startswith("supported")):
+        tests.append(f"{p_clause('TOST p', r['p_equivalence'])} against ±{r['margin']:g}")
+    return (f"{indent}- {endpoint_label(r)}: **{r['verdict']}**, {interval(r, signed=True, digits=digits)} "
+            f"({'; '.join(tests)}).")
+
+
 def plan_answer(dataset: str, rows: list[dict]) -> str:
     """The plan's answer in words, from its confirmatory tests (``plan_results``): the manipulation
-    check, each primary endpoint and clean accuracy, then the plan's rule applied to them."""
+    check, each primary endpoint and clean accuracy, the plan's rule applied to them, then the
+    secondary family."""
     primary = [r for r in rows if r["family"] == "primary"]
     check, clean = (next(r for r in rows if r["family"] == f) for f in ("manipulation check", "clean accuracy"))
     a, b = PRIMARY_CONTRASTS[0]
@@ -239,19 +255,9 @@ def plan_answer(dataset: str, rows: list[dict]) -> str:
     n, planned = min(r["n"] for r in primary), primary[0]["planned_n"]
     status = (f"interim: n = {n} of the {planned} planned seeds, so not the study's answer" if n < planned
               else f"final: all {planned} planned seeds")
-    label = lambda r: {"clean": "clean accuracy"}.get(r["metric"], REPORT_COLUMNS[r["metric"]])  # noqa: E731
-
-    def sentence(r: dict) -> str:
-        digits = 3 if r["metric"] in SHARPNESS else 2
-        tests = [p_clause("p (Holm)", r["p_holm"]) if "p_holm" in r else p_clause("p", r["p"]),
-                 p_clause("p (sign-flip)", r["p_nonparametric"])]
-        if r.get("margin") is not None and (r["p_equivalence"] < ALPHA or not r["verdict"].startswith("supported")):
-            tests.append(f"{p_clause('TOST p', r['p_equivalence'])} against ±{r['margin']:g}")
-        return f"- {label(r)}: **{r['verdict']}**, {interval(r, signed=True, digits=digits)} ({'; '.join(tests)})."
-
     lines = [f"**The plan's answer on {dataset}** ({status}; `{a} - {b}` paired over seeds >= {first}, "
-             "results/ANALYSIS_PLAN.md):", "", sentence(check), *map(sentence, primary), sentence(clean), ""]
-    named = lambda test: ", ".join(label(r) for r in primary if test(r)) or "none"  # noqa: E731
+             "results/ANALYSIS_PLAN.md):", "", *map(endpoint_sentence, (check, *primary, clean)), ""]
+    named = lambda test: ", ".join(endpoint_label(r) for r in primary if test(r)) or "none"  # noqa: E731
     supported = lambda sign: lambda r: r["verdict"].startswith("supported") and sign * r["mean_difference"] > 0  # noqa: E731
     rule = (f"By the plan's rule, `{a}` is more robust than `{b}` on: {named(supported(1))}; less robust on: "
             f"{named(supported(-1))}; equivalent within the margin on: "
@@ -261,7 +267,29 @@ def plan_answer(dataset: str, rows: list[dict]) -> str:
     rule += (" The manipulation check holds (SAM's minimum is flatter), so these are the effects of seeking a flat "
              "minimum with SAM in this recipe." if flatter else
              f" The manipulation check is not met ({check['verdict']}), so these results do not speak to flat minima.")
-    return "\n".join([*lines, rule])
+    return "\n".join([*lines, rule, *secondary_answer(dataset, rows)])
+
+
+def secondary_answer(dataset: str, rows: list[dict]) -> list[str]:
+    """The secondary family's verdicts in words, one bullet per contrast that has tests, and the
+    contrasts still missing (no lines while none has tests)."""
+    secondary = [r for r in rows if r["family"] == "secondary"]
+    contrasts = list(dict.fromkeys(r["contrast"] for r in secondary))
+    tested = [c for c in contrasts if any(r["contrast"] == c and "p" in r for r in secondary)]
+    if not tested:
+        return []
+    complete = not any(r.get("interim") or "p" not in r for r in secondary)
+    status = "final" if complete else "interim: Holm over the tests that exist so far, not the study's answer"
+    lines = ["", f"The secondary family on {dataset} ({status}; {len(secondary)} planned tests, Holm-adjusted "
+             "together):", ""]
+    for c in tested:
+        own = [r for r in secondary if r["contrast"] == c]
+        lines += [f"- `{c}` (n = {min(r['n'] for r in own)} of {own[0]['planned_n']} planned seeds):",
+                  *(endpoint_sentence(r, indent="  ") for r in own if "p" in r)]
+    missing = [c for c in contrasts if c not in tested]
+    if missing:
+        lines += ["", "Not yet run with two confirmatory seeds: " + ", ".join(f"`{c}`" for c in missing) + "."]
+    return lines
 
 
 def provenance(runs: dict) -> str:
