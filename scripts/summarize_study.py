@@ -55,6 +55,10 @@ ALPHA = 0.05
 
 # ----------------------------------------------------------------------------- exploratory
 
+# Not in the plan, a reading aid: an accuracy endpoint where every run of both configurations is at or
+# below this (%) has no room to differ, so its verdict is flagged "at the floor".
+FLOOR_ACCURACY = 1.0
+
 ORDER = ("baseline", "adam-sam", "sgd", "sgd-2x", "swa", "asam", "sam-0.05", "sam-0.5", "noise-aug")
 # beyond the plan: what augmentation, doubled compute and weight averaging alone do to the sgd recipe
 EXPLORATORY_CONTRASTS = (*PRIMARY_CONTRASTS, *SECONDARY_CONTRASTS, ("noise-aug", "sgd"), ("sgd-2x", "sgd"),
@@ -147,7 +151,9 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
         row["planned_n"] = planned
         if len(common) < 2:
             return {**row, "n": len(common), "verdict": "missing (fewer than 2 paired seeds)"}
-        return {**row, **statistics.paired_test(*values, margin=margin), "interim": len(common) < planned}
+        floor = metric not in SHARPNESS and all(v[s] <= FLOOR_ACCURACY for v in values for s in common)
+        return {**row, **statistics.paired_test(*values, margin=margin), "interim": len(common) < planned,
+                "floor": floor}
 
     rows = []
     families = (("primary", PRIMARY_CONTRASTS, PRIMARY_ENDPOINTS),
@@ -167,7 +173,7 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
                 if family in ("primary", "secondary"):
                     r["p_holm"] = adjusted.get(str(i), math.nan)
                     r["interim"] = r["interim"] or family_incomplete
-                    if family_incomplete:  # Holm over all the family's planned tests can only be at or below this
+                    if family_incomplete and not math.isnan(r["p"]):  # Holm over the whole family stays at or below
                         r["p_holm_bound"] = min(1.0, len(family_rows) * r["p"])
                 r["verdict"] = statistics.verdict(r, alpha=ALPHA, names=tuple(r["contrast"].split(" - ")))
         rows += family_rows
@@ -224,7 +230,8 @@ def plan_table(rows: list[dict]) -> str:
         digits = 3 if r["metric"] in SHARPNESS else 2
         tost = "-" if r.get("margin") is None or "p_equivalence" not in r else \
             f"{p_value(r['p_equivalence'])} (±{r['margin']:g})"
-        verdict = r["verdict"] + (" (interim)" if r.get("interim") else "")
+        flags = [f"({flag})" for flag, on in (("at the floor", r.get("floor")), ("interim", r.get("interim"))) if on]
+        verdict = " ".join([r["verdict"], *flags])
         body.append([r["family"], r["contrast"], r["metric"], f"{r['n']} ({r['planned_n']})",
                      interval(r, signed=True, digits=digits) if "p" in r else "-", p_value(r.get("p")),
                      p_value(r.get("p_holm")), p_value(r.get("p_nonparametric")), tost, verdict])
@@ -232,14 +239,16 @@ def plan_table(rows: list[dict]) -> str:
 
 
 def endpoint_label(r: dict) -> str:
-    return {"clean": "clean accuracy"}.get(r["metric"], REPORT_COLUMNS[r["metric"]])
+    label = {"clean": "clean accuracy"}.get(r["metric"], REPORT_COLUMNS[r["metric"]])
+    return label + (f" (at the floor: every run <= {FLOOR_ACCURACY:g} %)" if r.get("floor") else "")
 
 
 def endpoint_sentence(r: dict, indent: str = "") -> str:
     """One tested row of ``plan_results`` in words: verdict, interval and its tests."""
     digits = 3 if r["metric"] in SHARPNESS else 2
-    tests = [p_clause("p (Holm)", r["p_holm"]) if "p_holm" in r else p_clause("p", r["p"]),
-             p_clause("p (sign-flip)", r["p_nonparametric"])]
+    p = r.get("p_holm", r["p"])
+    tests = ["identical on every seed, no t test" if math.isnan(p) else
+             p_clause("p (Holm)" if "p_holm" in r else "p", p), p_clause("p (sign-flip)", r["p_nonparametric"])]
     if "p_holm_bound" in r:
         bound = r["p_holm_bound"]
         tests.insert(1, "p (Holm, whole family) " + ("< 0.001" if bound < 0.001 else f"≤ {p_value(bound)}"))

@@ -243,6 +243,24 @@ def test_identical_paired_values_stay_out_of_holm():
     assert "| nan" not in S.plan_table(list(primary.values()))
 
 
+def test_an_endpoint_at_the_floor_is_flagged_and_identical_values_read_as_such():
+    """PGD at 0 % for both configurations (as on Fashion-MNIST): the plan's TOST calls it equivalent,
+    and the summary flags that the endpoint had no room to differ, with no p = '-' in the prose."""
+    records = [fake_record(c, s, shifts={"pgd_0.1": -200.0}) for c in ("sgd", "asam") for s in range(3, 8)]
+    for r in records:
+        r["metrics"]["adversarial"]["pgd"]["0.1"] = 0.0
+    rows = S.plan_results(flat_of(records), "mnist", confirmatory=True)
+    primary = rows_by(rows, "primary")
+    pgd = primary["asam - sgd", "pgd_0.1"]
+    assert pgd["floor"] and pgd["verdict"] == "no effect (equivalent within ±2)" and math.isnan(pgd["p"])
+    assert not any(r["floor"] for (_, m), r in primary.items() if m != "pgd_0.1")
+    assert "no effect (equivalent within ±2) (at the floor) (interim)" in S.plan_table(list(primary.values()))
+    answer = S.plan_answer("mnist", rows)
+    assert ("- PGD ε=0.1 (at the floor: every run <= 1 %): **no effect (equivalent within ±2)**, +0.00 [+0.00, +0.00] "
+            "(identical on every seed, no t test; p (sign-flip) = 1.000; TOST p < 0.001 against ±2).") in answer
+    assert "= -" not in answer
+
+
 # ----------------------------------------------------------------------------- records
 
 
