@@ -167,13 +167,14 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
         tested = {i: r["p"] for i, r in enumerate(family_rows) if "p" in r and not math.isnan(r["p"])}
         adjusted = statistics.holm({str(i): p for i, p in tested.items()}) if tested else {}
         # Holm over part of a family understates every adjusted p: the whole family stays interim until it is complete
-        family_incomplete = any(r.get("interim") or "p" not in r for r in family_rows)
+        tests_missing = any("p" not in r for r in family_rows)
+        family_incomplete = tests_missing or any(r.get("interim") for r in family_rows)
         for i, r in enumerate(family_rows):
             if "p" in r:
                 if family in ("primary", "secondary"):
                     r["p_holm"] = adjusted.get(str(i), math.nan)
                     r["interim"] = r["interim"] or family_incomplete
-                    if family_incomplete and not math.isnan(r["p"]):  # Holm over the whole family stays at or below
+                    if tests_missing and not math.isnan(r["p"]):  # Holm over all the planned tests stays at or below
                         r["p_holm_bound"] = min(1.0, len(family_rows) * r["p"])
                 r["verdict"] = statistics.verdict(r, alpha=ALPHA, names=tuple(r["contrast"].split(" - ")))
         rows += family_rows
@@ -282,7 +283,8 @@ def plan_answer(dataset: str, rows: list[dict]) -> str:
     flatter = check["verdict"] == f"supported ({a} < {b})"
     rule += (" The manipulation check holds (SAM's minimum is flatter), so these are the effects of seeking a flat "
              "minimum with SAM in this recipe." if flatter else
-             f" The manipulation check is not met ({check['verdict']}), so these results do not speak to flat minima.")
+             f" The manipulation check is not met{' so far' if n < planned else ''} ({check['verdict']}), so these "
+             "results do not speak to flat minima.")
     return "\n".join([*lines, rule, *secondary_answer(dataset, rows)])
 
 
