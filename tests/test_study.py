@@ -248,7 +248,7 @@ def test_identical_paired_values_stay_out_of_holm():
 def test_an_endpoint_at_the_floor_is_flagged_and_identical_values_read_as_such():
     """PGD at 0 % for both configurations (as on Fashion-MNIST): the plan's TOST calls it equivalent,
     and the summary flags that the endpoint had no room to differ, with no p = '-' in the prose."""
-    records = [fake_record(c, s, shifts={"pgd_0.1": -200.0}) for c in ("sgd", "asam") for s in range(3, 8)]
+    records = [fake_record(c, s) for c in ("sgd", "asam") for s in range(3, 8)]
     for r in records:
         r["metrics"]["adversarial"]["pgd"]["0.1"] = 0.0
     rows = S.plan_results(flat_of(records), "mnist", confirmatory=True)
