@@ -173,7 +173,7 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
             if "p" in r:
                 if family in ("primary", "secondary"):
                     r["p_holm"] = adjusted.get(str(i), math.nan)
-                    r["interim"] = r["interim"] or family_incomplete
+                    r["interim"] = family_incomplete
                     if tests_missing and not math.isnan(r["p"]):  # Holm over all the planned tests stays at or below
                         r["p_holm_bound"] = min(1.0, len(family_rows) * r["p"])
                 r["verdict"] = statistics.verdict(r, alpha=ALPHA, names=tuple(r["contrast"].split(" - ")))
@@ -218,9 +218,9 @@ def p_value(p: float | None) -> str:
     return "-" if p is None or math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def p_clause(name: str, p: float) -> str:
-    """``p < 0.001`` or ``p = 0.008``, for prose and titles (``name`` in place of p)."""
-    return f"{name} < 0.001" if p < 0.001 else f"{name} = {p_value(p)}"
+def p_clause(name: str, p: float, relation: str = "=") -> str:
+    """``p < 0.001`` or ``p = 0.008`` (``relation`` in place of =), for prose and titles (``name`` in place of p)."""
+    return f"{name} < 0.001" if p < 0.001 else f"{name} {relation} {p_value(p)}"
 
 
 def plan_table(rows: list[dict]) -> str:
@@ -251,8 +251,7 @@ def endpoint_sentence(r: dict, indent: str = "") -> str:
     tests = ["identical on every seed, no t test" if math.isnan(p) else
              p_clause("p (Holm)" if "p_holm" in r else "p", p), p_clause("p (sign-flip)", r["p_nonparametric"])]
     if "p_holm_bound" in r:
-        bound = r["p_holm_bound"]
-        tests.insert(1, "p (Holm, whole family) " + ("< 0.001" if bound < 0.001 else f"≤ {p_value(bound)}"))
+        tests.insert(1, p_clause("p (Holm, whole family)", r["p_holm_bound"], "≤"))
     if r.get("margin") is not None and (r["p_equivalence"] < ALPHA or not r["verdict"].startswith("supported")):
         tests.append(f"{p_clause('TOST p', r['p_equivalence'])} against ±{r['margin']:g}")
     return (f"{indent}- {endpoint_label(r)}: **{r['verdict']}**, {interval(r, signed=True, digits=digits)} "
@@ -296,10 +295,10 @@ def secondary_answer(dataset: str, rows: list[dict]) -> list[str]:
     tested = [c for c in contrasts if any(r["contrast"] == c and "p" in r for r in secondary)]
     if not tested:
         return []
-    complete = not any(r.get("interim") or "p" not in r for r in secondary)
-    status = "final" if complete else ("interim: Holm over the tests that exist so far, not the study's answer; "
-                                       "\"whole family\" bounds the adjusted p once every planned test exists: the "
-                                       "number of planned tests times the unadjusted p")
+    # plan_results marks every tested row of a family interim while any of its tests or seeds is missing
+    status = "final" if not any(r.get("interim") for r in secondary) else (
+        "interim: Holm over the tests that exist so far, not the study's answer; \"whole family\" bounds the "
+        "adjusted p once every planned test exists: the number of planned tests times the unadjusted p")
     lines = ["", f"The secondary family on {dataset} ({status}; {len(secondary)} planned tests, Holm-adjusted "
              "together):", ""]
     for c in tested:
