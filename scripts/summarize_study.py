@@ -231,17 +231,25 @@ def plan_table(rows: list[dict]) -> str:
         digits = 3 if r["metric"] in SHARPNESS else 2
         tost = "-" if r.get("margin") is None or "p_equivalence" not in r else \
             f"{p_value(r['p_equivalence'])} (±{r['margin']:g})"
-        flags = [f"({flag})" for flag, on in (("at the floor", r.get("floor")), ("interim", r.get("interim"))) if on]
-        verdict = " ".join([r["verdict"], *flags])
+        flags = {"at the floor": r.get("floor"), "inside the margin": inside_margin(r), "interim": r.get("interim")}
+        verdict = " ".join([r["verdict"], *(f"({flag})" for flag, on in flags.items() if on)])
         body.append([r["family"], r["contrast"], r["metric"], f"{r['n']} ({r['planned_n']})",
                      interval(r, signed=True, digits=digits) if "p" in r else "-", p_value(r.get("p")),
                      p_value(r.get("p_holm")), p_value(r.get("p_nonparametric")), tost, verdict])
     return L.markdown_table(header, body)
 
 
+def inside_margin(r: dict) -> bool:
+    """A supported difference that the plan's TOST also puts inside its margin: detectable, yet smaller than the
+    plan's practical change (a reading aid, not a verdict)."""
+    return r["verdict"].startswith("supported") and r.get("margin") is not None and r["p_equivalence"] < ALPHA
+
+
 def endpoint_label(r: dict) -> str:
     label = {"clean": "clean accuracy"}.get(r["metric"], REPORT_COLUMNS[r["metric"]])
-    return label + (f" (at the floor: every run <= {FLOOR_ACCURACY:g} %)" if r.get("floor") else "")
+    flags = [f"at the floor: every run <= {FLOOR_ACCURACY:g} %"] if r.get("floor") else []
+    flags += [f"inside the ±{r['margin']:g} margin"] if inside_margin(r) else []
+    return label + (f" ({'; '.join(flags)})" if flags else "")
 
 
 def endpoint_sentence(r: dict, indent: str = "") -> str:
@@ -335,7 +343,9 @@ def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitiv
     first = CONFIRMATORY_FIRST_SEED[dataset]
     lines = [f"Evaluated runs on {dataset} ({sum(map(len, runs.values()))}): {finished}.", "", provenance(runs), ""]
     lines += [f"**The plan's tests, confirmatory seeds (>= {first})** (results/ANALYSIS_PLAN.md; \"(interim)\": fewer "
-              "seeds than planned in the row or its Holm family, not the study's answer):", ""]
+              "seeds than planned in the row or its Holm family, not the study's answer; reading aids beside the "
+              f"verdict: \"(at the floor)\", every run of both configurations at or below {FLOOR_ACCURACY:g} %; "
+              "\"(inside the margin)\", supported, yet the TOST puts the difference inside the margin):", ""]
     if any("p" in r for r in confirmatory):
         lines += [plan_table(confirmatory), ""]
     else:

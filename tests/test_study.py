@@ -263,6 +263,23 @@ def test_an_endpoint_at_the_floor_is_flagged_and_identical_values_read_as_such()
     assert "= -" not in answer
 
 
+def test_a_supported_difference_inside_the_margin_is_flagged():
+    """asam above sgd by 0.2 points under PGD on every seed: the plan calls it supported, and its TOST puts it
+    inside the ±2 margin; the summary says both (as for Fashion-MNIST's PGD and MNIST's clean accuracy)."""
+    records = [fake_record("sgd", s) for s in range(3, 10)]
+    records += [fake_record("asam", s, shifts={"pgd_0.1": 0.2 + 0.01 * wiggle(s, 7)}) for s in range(3, 10)]
+    rows = S.plan_results(flat_of(records), "mnist", confirmatory=True)
+    primary = rows_by(rows, "primary")
+    pgd = primary["asam - sgd", "pgd_0.1"]
+    assert pgd["verdict"] == "supported (asam > sgd)" and pgd["p_equivalence"] < S.ALPHA
+    assert not any(S.inside_margin(r) for (_, m), r in primary.items() if m != "pgd_0.1")
+    assert "supported (asam > sgd) (inside the margin) (interim)" in S.plan_table(list(primary.values()))
+    answer = S.plan_answer("mnist", rows)
+    assert "- PGD ε=0.1 (inside the ±2 margin): **supported (asam > sgd)**, +0.20 [" in answer
+    assert "more robust than `sgd` on: PGD ε=0.1 (inside the ±2 margin);" in answer
+    assert "TOST p < 0.001 against ±2)." in answer
+
+
 # ----------------------------------------------------------------------------- records
 
 
