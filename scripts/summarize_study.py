@@ -88,7 +88,8 @@ def flat_metrics(record: dict) -> dict[str, float]:
     flat |= {f"sweep_{name}": levels["mean"] for name, levels in m["corruption_sweep"].items()}
     for attack in ("fgsm", "pgd"):
         flat |= {f"{attack}_{eps}": v for eps, v in m["adversarial"][attack].items()}
-    flat["hessian_eigenvalue"] = m["hessian"]["eigenvalue"]
+    if m["hessian"]["converged"]:  # an unconverged power iteration's last estimate is not λ_max: left out
+        flat["hessian_eigenvalue"] = m["hessian"]["eigenvalue"]
     flat["hessian_trace"] = m["hessian_trace"]["mean"]
     flat["slice_rise"] = m["loss_directions"]["rise"]
     if "perturbation_norm" in record:
@@ -196,8 +197,9 @@ def exploratory(flat: dict[str, dict[int, dict]]) -> tuple[dict, dict]:
         common = sorted(set(flat.get(a, {})) & set(flat.get(b, {})))
         if common:  # no shared seeds: no paired differences (and no empty entry)
             metrics = [m for m in configs[a] if m in configs[b]]
-            paired[f"{a} - {b}"] = {m: {**statistics.describe([flat[a][s][m] - flat[b][s][m] for s in common]),
-                                        "seeds": common} for m in metrics}
+            both = {m: [s for s in common if m in flat[a][s] and m in flat[b][s]] for m in metrics}
+            paired[f"{a} - {b}"] = {m: {**statistics.describe([flat[a][s][m] - flat[b][s][m] for s in both[m]]),
+                                        "seeds": both[m]} for m in metrics if both[m]}
     return configs, paired
 
 
@@ -328,10 +330,13 @@ def provenance(runs: dict) -> str:
         return ", ".join(f"`{commit}` ({n})" for commit, n in counts.most_common())
 
     hours = {k: sum(r["seconds"][k] for r in records) / 3600 for k in ("train", "evaluate")}
+    unconverged = [f"{r['config']} seed {r['seed']}" for r in records if not r["metrics"]["hessian"]["converged"]]
+    left_out = (f" λ_max is left out for {', '.join(unconverged)}: its power iteration did not converge (the "
+                "record's `hessian.converged`)." if unconverged else "")
     return (f"Code (from the records): trained with commit {commits(lambda r: r['training_code'])}; evaluated "
             f"with {commits(lambda r: r['evaluation']['code'])}. Wall time in the records, summed over runs: "
             f"{hours['train']:.1f} h of training and {hours['evaluate']:.1f} h of (latest) evaluation, on "
-            f"{'/'.join(sorted({str(r['threads']) for r in records}))} thread(s) per run.")
+            f"{'/'.join(sorted({str(r['threads']) for r in records}))} thread(s) per run.{left_out}")
 
 
 def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitivity: list[dict],
@@ -477,7 +482,7 @@ def plot_sharpness(runs: dict, flat: dict, path: Path, tag: str) -> None:
             ax = axes[row, col]
             points = {"all": [], "SGD recipe": []}
             for config, seeds in flat.items():
-                config_points = [(f[measure], f[endpoint]) for f in seeds.values()]
+                config_points = [(f[measure], f[endpoint]) for f in seeds.values() if measure in f]
                 ax.scatter(*zip(*config_points), color=colour[config], s=22, alpha=0.8, label=config)
                 points["all"] += config_points
                 if L.STUDY_RECIPES[config].optimizer == "sgd":

@@ -280,6 +280,25 @@ def test_a_supported_difference_inside_the_margin_is_flagged():
     assert "TOST p < 0.001 against ±2)." in answer
 
 
+def test_an_unconverged_eigenvalue_is_left_out_and_named():
+    """A power iteration that stopped without converging (as the Adam baseline's seed 3 on MNIST did) records
+    its last estimate, which is not λ_max: the summary leaves that value out, says so, and keeps the rest."""
+    records = study(range(3, 9))
+    sgd = next(r for r in records if (r["config"], r["seed"]) == ("sgd", 4))
+    sgd["metrics"]["hessian"] |= {"eigenvalue": 1e-4, "converged": False}
+    flat = flat_of(records)
+    assert "hessian_eigenvalue" not in flat["sgd"][4] and "clean" in flat["sgd"][4]
+    check = next(r for r in S.plan_results(flat, "mnist", confirmatory=True) if r["family"] == "manipulation check")
+    assert check["n"] == 5 and check["planned_n"] == 17
+    configs, paired = S.exploratory(flat)
+    assert configs["sgd"]["hessian_eigenvalue"]["seeds"] == [3, 5, 6, 7, 8]
+    assert paired["asam - sgd"]["hessian_eigenvalue"]["seeds"] == [3, 5, 6, 7, 8]
+    assert paired["asam - sgd"]["clean"]["n"] == 6
+    runs = {c: {r["seed"]: r for r in records if r["config"] == c} for c in ("sgd", "asam")}
+    assert "λ_max is left out for sgd seed 4: its power iteration did not converge" in S.provenance(runs)
+    assert "left out" not in S.provenance({"asam": runs["asam"]})
+
+
 # ----------------------------------------------------------------------------- records
 
 
