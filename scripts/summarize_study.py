@@ -233,8 +233,8 @@ def plan_table(rows: list[dict]) -> str:
         digits = 3 if r["metric"] in SHARPNESS else 2
         tost = "-" if r.get("margin") is None or "p_equivalence" not in r else \
             f"{p_value(r['p_equivalence'])} (±{r['margin']:g})"
-        flags = {"at the floor": r.get("floor"), "inside the margin": inside_margin(r), "interim": r.get("interim")}
-        verdict = " ".join([r["verdict"], *(f"({flag})" for flag, on in flags.items() if on)])
+        flags = [*reading_aids(r), *(["interim"] if r.get("interim") else [])]
+        verdict = " ".join([r["verdict"], *(f"({flag})" for flag in flags)])
         body.append([r["family"], r["contrast"], r["metric"], f"{r['n']} ({r['planned_n']})",
                      interval(r, signed=True, digits=digits) if "p" in r else "-", p_value(r.get("p")),
                      p_value(r.get("p_holm")), p_value(r.get("p_nonparametric")), tost, verdict])
@@ -247,11 +247,18 @@ def inside_margin(r: dict) -> bool:
     return r["verdict"].startswith("supported") and r.get("margin") is not None and r["p_equivalence"] < ALPHA
 
 
+def reading_aids(r: dict) -> dict[str, str]:
+    """The flags beside a row's verdict (not in the plan): the table's short name -> the prose's wording."""
+    aids = {"at the floor": f"at the floor: every run <= {FLOOR_ACCURACY:g} %"} if r.get("floor") else {}
+    if inside_margin(r):
+        aids["inside the margin"] = f"inside the ±{r['margin']:g} margin"
+    return aids
+
+
 def endpoint_label(r: dict) -> str:
     label = {"clean": "clean accuracy"}.get(r["metric"], REPORT_COLUMNS[r["metric"]])
-    flags = [f"at the floor: every run <= {FLOOR_ACCURACY:g} %"] if r.get("floor") else []
-    flags += [f"inside the ±{r['margin']:g} margin"] if inside_margin(r) else []
-    return label + (f" ({'; '.join(flags)})" if flags else "")
+    aids = reading_aids(r)
+    return label + (f" ({'; '.join(aids.values())})" if aids else "")
 
 
 def endpoint_sentence(r: dict, indent: str = "") -> str:
