@@ -425,3 +425,41 @@ def test_corruption_examples_figure(tmp_path, monkeypatch):
     assert exit_info.value.code == 0
     assert (tmp_path / "examples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "examples.png").stat().st_size > 50_000
+
+
+# ----------------------------------------------------------------------------- the committed README
+
+README = (ROOT / "README.md").read_text()
+GENERATED_BLOCK = re.compile(r"<!-- study-(answer|results):([a-z-]+):begin -->(.*?)<!-- study-\1:\2:end -->", re.S)
+NUMBER = re.compile(r"(?<![\w.])[+-]?\d+\.\d+")
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_the_readme_blocks_are_the_summary_of_the_committed_records(tmp_path, monkeypatch, capsys, dataset):
+    """Rerun the command each results block says wrote it, on the committed records: both blocks come
+    out unchanged (a record added or changed without rerunning the summarizer fails here)."""
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    written_by = re.search(rf"Written by `scripts/summarize_study.py --dataset {dataset} --readme README.md(.*?)`",
+                           README)
+    assert written_by, f"the {dataset} results block does not say which command wrote it"
+    monkeypatch.chdir(ROOT)  # the command's paths (--compare-with) are relative to the project root
+    S.main(["--dataset", dataset, "--readme", str(readme), "--out-dir", str(tmp_path / "out"),
+            *written_by.group(1).split()])
+    capsys.readouterr()
+    assert readme.read_text() == README, f"rerun the summarizer for {dataset}: README.md's blocks are out of date"
+
+
+def test_every_number_of_the_two_minute_section_has_a_source():
+    """The hand-written "In two minutes" section quotes the study's numbers: each must appear in a generated
+    block (its sign aside: "drops by 0.12" quotes -0.12), in the plan, or in a notebook (the original study's
+    numbers); only a rounded number after "about" needs none."""
+    start = README.index("**In two minutes.**")
+    section = "\n\n".join(README[start:].split("\n\n")[:2])  # the opening paragraph and the bullet list
+    sources = "".join(m.group(3) for m in GENERATED_BLOCK.finditer(README))
+    sources += (ROOT / "results" / "ANALYSIS_PLAN.md").read_text()
+    sources += "".join((ROOT / nb).read_text() for nb in ("LeNet-5.ipynb", "LeNet-5_sam_optim.ipynb"))
+    known = {n.lstrip("+-") for n in NUMBER.findall(sources)}
+    quoted = NUMBER.findall(re.sub(r"about \d+\.\d+", "", section))
+    assert len(quoted) > 50, "the two-minute section was not found where expected"
+    assert [n for n in quoted if n.lstrip("+-") not in known] == []
