@@ -312,17 +312,21 @@ def secondary_answer(dataset: str, rows: list[dict]) -> list[str]:
     tested = [c for c in contrasts if any(r["contrast"] == c and "p" in r for r in secondary)]
     if not tested:
         return []
+    missing = [c for c in contrasts if c not in tested]
     # plan_results marks every tested row of a family interim while any of its tests or seeds is missing
-    status = "final" if not any(r.get("interim") for r in secondary) else (
-        "interim: Holm over the tests that exist so far, not the study's answer; \"whole family\" bounds the "
-        "adjusted p once every planned test exists: the number of planned tests times the unadjusted p")
+    if not any(r.get("interim") for r in secondary):
+        status = "final"
+    elif missing:
+        status = ("interim: Holm over the tests that exist so far, not the study's answer; \"whole family\" bounds "
+                  "the adjusted p once every planned test exists: the number of planned tests times the unadjusted p")
+    else:
+        status = "interim: every planned test exists, but not yet with all of its planned seeds; not the study's answer"
     lines = ["", f"The secondary family on {dataset} ({status}; {len(secondary)} planned tests, Holm-adjusted "
              "together):", ""]
     for c in tested:
         own = [r for r in secondary if r["contrast"] == c]
         lines += [f"- `{c}` (n = {min(r['n'] for r in own)} of {own[0]['planned_n']} planned seeds):",
                   *(endpoint_sentence(r, indent="  ") for r in own if "p" in r)]
-    missing = [c for c in contrasts if c not in tested]
     if missing:
         lines += ["", "Not yet run with two confirmatory seeds: " + ", ".join(f"`{c}`" for c in missing) + "."]
     return lines
@@ -338,7 +342,7 @@ def provenance(runs: dict) -> str:
 
     hours = {k: sum(r["seconds"][k] for r in records) / 3600 for k in ("train", "evaluate")}
     unconverged = [f"{r['config']} seed {r['seed']}" for r in records if not r["metrics"]["hessian"]["converged"]]
-    left_out = (f" λ_max is left out for {', '.join(unconverged)}: its power iteration did not converge (the "
+    left_out = (f" λ_max is left out for {', '.join(unconverged)}: the power iteration did not converge (the "
                 "record's `hessian.converged`)." if unconverged else "")
     return (f"Code (from the records): trained with commit {commits(lambda r: r['training_code'])}; evaluated "
             f"with {commits(lambda r: r['evaluation']['code'])}. Wall time in the records, summed over runs: "
