@@ -598,6 +598,13 @@ STUDY_RECIPES: dict[str, Recipe] = {
     # of 0.004, the lr sgd itself has at 75 % of training (0.1 * 0.2 ** 2): averaging starts without a jump in
     # lr, and SWALR holds it there instead of the final drop to 0.0008 (constant-lr SWA, Izmailov et al., 2018).
     "swa": replace(SGD, swa_start=0.75, swa_lr=0.004),
+    # Study v3 (results/ANALYSIS_PLAN.md, amendment v3): ASAM's perturbation size swept around its 2.0 ...
+    "asam-0.5": replace(ASAM, sam_rho=0.5),
+    "asam-1.0": replace(ASAM, sam_rho=1.0),
+    "asam-4.0": replace(ASAM, sam_rho=4.0),
+    # ... and SWA that really averages: the same last-quarter averaging as swa, at a constant lr of 0.02 (a
+    # fifth of the initial lr, as Izmailov et al. average), reached from 0.004 by SWALR's 5-epoch linear anneal.
+    "swa-0.02": replace(SGD, swa_start=0.75, swa_lr=0.02),
 }
 
 

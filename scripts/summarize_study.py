@@ -49,9 +49,18 @@ MANIPULATION_CHECK = ("asam", "sgd", "hessian_eigenvalue")
 # existed when the plan was written, so all its seeds are confirmatory.
 CONFIRMATORY_FIRST_SEED = {"mnist": 3, "fashion-mnist": 0}
 # seeds 0..n-1 of each configuration; a configuration a dataset's plan does not name has none
-PLANNED_SEEDS = {"mnist": {"asam": 20, "sgd": 20, "*": 10},
+PLANNED_SEEDS = {"mnist": {"asam": 20, "sgd": 20, "sam-0.5": 20, "asam-0.5": 13, "asam-1.0": 13, "asam-4.0": 13,
+                           "swa-0.02": 13, "*": 10},  # the v3 configurations: seeds 3-12 (none below 3)
                  "fashion-mnist": {"asam": 8, "sgd": 8, "baseline": 5, "sam-0.05": 5, "noise-aug": 5, "*": 0}}
 ALPHA = 0.05
+# Amendment v3 (MNIST): the dose-response family (per-seed slope of the paired difference against log2 rho, the
+# rho of each configuration below; "asam" is rho 2.0) and the controls family, each contrast on its own seeds.
+V3_DOSE_CONFIGS = {"asam-0.5": 0.5, "asam-1.0": 1.0, "asam": 2.0, "asam-4.0": 4.0}
+V3_DOSE_SEEDS = range(3, 13)
+V3_SLOPE_MARGIN_FRACTION = 1 / 3  # slope margin per doubling of rho, as a fraction of the endpoint's margin
+V3_CONTROL_CONTRASTS = (("swa-0.02", "sgd"), ("asam", "swa-0.02"), ("asam", "sam-0.5"))
+V3_CONTROL_SEEDS = {("swa-0.02", "sgd"): range(3, 13), ("asam", "swa-0.02"): range(3, 13),
+                    ("asam", "sam-0.5"): range(10, 20)}
 
 # ----------------------------------------------------------------------------- exploratory
 
@@ -59,7 +68,8 @@ ALPHA = 0.05
 # below this (%) has no room to differ, so its verdict is flagged "at the floor".
 FLOOR_ACCURACY = 1.0
 
-ORDER = ("baseline", "adam-sam", "sgd", "sgd-2x", "swa", "asam", "sam-0.05", "sam-0.5", "noise-aug")
+ORDER = ("baseline", "adam-sam", "sgd", "sgd-2x", "swa", "swa-0.02", "asam-0.5", "asam-1.0", "asam", "asam-4.0",
+         "sam-0.05", "sam-0.5", "noise-aug")
 # beyond the plan: what augmentation, doubled compute and weight averaging alone do to the sgd recipe
 EXPLORATORY_CONTRASTS = (*PRIMARY_CONTRASTS, *SECONDARY_CONTRASTS, ("noise-aug", "sgd"), ("sgd-2x", "sgd"),
                          ("swa", "sgd"))

@@ -83,7 +83,7 @@ def test_swa_recipe_averages_the_last_20_of_sgds_80_epochs_at_the_lr_sgd_has_the
 
 
 def test_earlier_recipes_as_dict_is_unchanged():
-    assert set(RECIPES_BEFORE_SWA) | {"sgd-2x", "swa"} == set(STUDY_RECIPES)
+    assert set(RECIPES_BEFORE_SWA) | {"sgd-2x", "swa", *V3_RECIPES} == set(STUDY_RECIPES)
     for name in RECIPES_BEFORE_SWA:
         recipe = STUDY_RECIPES[name]
         assert list(recipe.as_dict()) == FIELDS_BEFORE_SWA, name
@@ -232,3 +232,16 @@ def test_swa_recomputes_batchnorm_statistics_for_the_averaged_weights(tiny_digit
     torch.testing.assert_close(bn.running_mean, hidden.mean(0), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(bn.running_var, torch.stack([h.var(0) for h in hidden.split(16)]).mean(0),
                                rtol=1e-4, atol=1e-5)
+
+
+V3_RECIPES = ("asam-0.5", "asam-1.0", "asam-4.0", "swa-0.02")
+
+
+def test_v3_recipes_change_one_setting_each():
+    """The v3 amendment's configurations: asam with another rho; sgd averaged at a fifth of its initial lr."""
+    for name, rho in (("asam-0.5", 0.5), ("asam-1.0", 1.0), ("asam-4.0", 4.0)):
+        assert STUDY_RECIPES[name] == replace(ASAM, sam_rho=rho)
+        assert list(STUDY_RECIPES[name].as_dict()) == FIELDS_BEFORE_SWA
+    sgd = STUDY_RECIPES["sgd"]
+    assert STUDY_RECIPES["swa-0.02"] == replace(sgd, swa_start=0.75, swa_lr=sgd.lr / 5)
+    assert STUDY_RECIPES["swa-0.02"].swa_epochs() == 20
