@@ -49,8 +49,10 @@ MANIPULATION_CHECK = ("asam", "sgd", "hessian_eigenvalue")
 # existed when the plan was written, so all its seeds are confirmatory.
 CONFIRMATORY_FIRST_SEED = {"mnist": 3, "fashion-mnist": 0}
 # seeds 0..n-1 of each configuration; a configuration a dataset's plan does not name has none
-PLANNED_SEEDS = {"mnist": {"asam": 20, "sgd": 20, "sam-0.5": 20, "asam-0.5": 13, "asam-1.0": 13, "asam-4.0": 13,
-                           "swa-0.02": 13, "*": 10},  # the v3 configurations: seeds 3-12 (none below 3)
+# The v3 configurations: seeds 3-12, written 0..12 with none below 3. sam-0.5's seeds 10-19 (v3) enter only
+# the v3 test asam - sam-0.5 (V3_CONTROL_SEEDS), never the v2 families, which stop at the seeds planned here.
+PLANNED_SEEDS = {"mnist": {"asam": 20, "sgd": 20, "asam-0.5": 13, "asam-1.0": 13, "asam-4.0": 13, "swa-0.02": 13,
+                           "*": 10},
                  "fashion-mnist": {"asam": 8, "sgd": 8, "baseline": 5, "sam-0.05": 5, "noise-aug": 5, "*": 0}}
 ALPHA = 0.05
 # Amendment v3 (MNIST): the dose-response family (per-seed slope of the paired difference against log2 rho, the
@@ -59,6 +61,7 @@ V3_DOSE_CONFIGS = {"asam-0.5": 0.5, "asam-1.0": 1.0, "asam": 2.0, "asam-4.0": 4.
 V3_DOSE_SEEDS = range(3, 13)
 V3_SLOPE_MARGIN_FRACTION = 1 / 3  # slope margin per doubling of rho, as a fraction of the endpoint's margin
 V3_CONTROL_CONTRASTS = (("swa-0.02", "sgd"), ("asam", "swa-0.02"), ("asam", "sam-0.5"))
+V3_ADAPTIVE_SHARPNESS = "adaptive_sharpness_2.0"  # the manipulation check's second measure (radius 2.0)
 V3_CONTROL_SEEDS = {("swa-0.02", "sgd"): range(3, 13), ("asam", "swa-0.02"): range(3, 13),
                     ("asam", "sam-0.5"): range(10, 20)}
 
@@ -72,12 +75,14 @@ ORDER = ("baseline", "adam-sam", "sgd", "sgd-2x", "swa", "swa-0.02", "asam-0.5",
          "sam-0.05", "sam-0.5", "noise-aug")
 # beyond the plan: what augmentation, doubled compute and weight averaging alone do to the sgd recipe
 EXPLORATORY_CONTRASTS = (*PRIMARY_CONTRASTS, *SECONDARY_CONTRASTS, ("noise-aug", "sgd"), ("sgd-2x", "sgd"),
-                         ("swa", "sgd"))
+                         ("swa", "sgd"), ("asam-0.5", "sgd"), ("asam-1.0", "sgd"), ("asam-4.0", "sgd"),
+                         ("swa-0.02", "sgd"), ("asam", "swa-0.02"))
 REPORT_COLUMNS = {"clean": "clean", "pixel_0.6": "pixel σ=0.6", "mnist_c_mean": "MNIST-C mean",
                   "extended_mean": "extended corruptions", "pgd_0.1": "PGD ε=0.1", "fgsm_0.1": "FGSM ε=0.1",
                   "seed_0.6": "seed protocol σ=0.6", "hessian_eigenvalue": "λ_max (Hessian)",
-                  "hessian_trace": "Hessian trace", "slice_rise": "loss-slice rise"}
-SHARPNESS = ("hessian_eigenvalue", "hessian_trace", "slice_rise", "perturbation_norm")
+                  "hessian_trace": "Hessian trace", "slice_rise": "loss-slice rise",
+                  V3_ADAPTIVE_SHARPNESS: "adaptive sharpness (r = 2)"}
+SHARPNESS = ("hessian_eigenvalue", "hessian_trace", "slice_rise", "perturbation_norm", V3_ADAPTIVE_SHARPNESS)
 
 
 def readme_markers(dataset: str, block: str = "results") -> tuple[str, str]:
@@ -156,7 +161,8 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
 
     def test(a: str, b: str, metric: str, margin: float | None, family: str) -> dict:
         row = {"family": family, "contrast": f"{a} - {b}", "metric": metric, "margin": margin}
-        values = [{s: f[metric] for s, f in flat.get(c, {}).items() if s >= first and metric in f} for c in (a, b)]
+        values = [{s: f[metric] for s, f in flat.get(c, {}).items() if first <= s < shared(a, b) and metric in f}
+                  for c in (a, b)]
         common = sorted(set(values[0]) & set(values[1]))
         planned = shared(a, b) - first
         row["planned_n"] = planned
@@ -174,22 +180,105 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
     for family, contrasts, endpoints in families:
         family_rows = [test(a, b, metric, margin, family) for a, b in contrasts for metric, margin in endpoints.items()
                        if shared(a, b) > 0]
-        # a NaN p (identical paired values: no variance) is not a test; it stays out of Holm
-        tested = {i: r["p"] for i, r in enumerate(family_rows) if "p" in r and not math.isnan(r["p"])}
-        adjusted = statistics.holm({str(i): p for i, p in tested.items()}) if tested else {}
-        # Holm over part of a family understates every adjusted p: the whole family stays interim until it is complete
-        tests_missing = any("p" not in r for r in family_rows)
-        family_incomplete = tests_missing or any(r.get("interim") for r in family_rows)
-        for i, r in enumerate(family_rows):
-            if "p" in r:
-                if family in ("primary", "secondary"):
-                    r["p_holm"] = adjusted.get(str(i), math.nan)
-                    r["interim"] = family_incomplete
-                    if tests_missing and not math.isnan(r["p"]):  # Holm over all the planned tests stays at or below
-                        r["p_holm_bound"] = min(1.0, len(family_rows) * r["p"])
-                r["verdict"] = statistics.verdict(r, alpha=ALPHA, names=tuple(r["contrast"].split(" - ")))
-        rows += family_rows
+        rows += adjust_family(family_rows, holm=family in ("primary", "secondary"))
+    if dataset == "mnist" and confirmatory:  # the v3 amendment's seeds are all confirmatory and MNIST's alone
+        rows += v3_results(flat)
     return rows
+
+
+def adjust_family(family_rows: list[dict], holm: bool) -> list[dict]:
+    """Holm within the family (``holm``) and each row's verdict; the rows, updated in place."""
+    # a NaN p (identical paired values: no variance) is not a test; it stays out of Holm
+    tested = {i: r["p"] for i, r in enumerate(family_rows) if "p" in r and not math.isnan(r["p"])}
+    adjusted = statistics.holm({str(i): p for i, p in tested.items()}) if tested else {}
+    # Holm over part of a family understates every adjusted p: the whole family stays interim until it is complete
+    tests_missing = any("p" not in r for r in family_rows)
+    family_incomplete = tests_missing or any(r.get("interim") for r in family_rows)
+    for i, r in enumerate(family_rows):
+        if "p" in r:
+            if holm:
+                r["p_holm"] = adjusted.get(str(i), math.nan)
+                r["interim"] = family_incomplete
+                if tests_missing and not math.isnan(r["p"]):  # Holm over all the planned tests stays at or below
+                    r["p_holm_bound"] = min(1.0, len(family_rows) * r["p"])
+            names = tuple(r["contrast"].split(" - ")) if " - " in r["contrast"] else ("slope", "0")
+            r["verdict"] = statistics.verdict(r, alpha=ALPHA, names=names)
+    return family_rows
+
+
+# ----------------------------------------------------------------------------- the plan's v3 amendment
+
+
+def dose_slopes(flat: dict[str, dict[int, dict]], metric: str, log: bool = False) -> dict[int, float]:
+    """Per seed of V3_DOSE_SEEDS that has every rho of V3_DOSE_CONFIGS and ``sgd``: the least-squares slope of
+    the paired difference (config - sgd) against log2 rho; with ``log``, of log(metric) itself (the manipulation
+    check: a slope of log lambda_max is a ratio per doubling, which sgd's value would not change)."""
+    x = np.log2(list(V3_DOSE_CONFIGS.values()))
+    slopes = {}
+    for seed in V3_DOSE_SEEDS:
+        values = [flat.get(c, {}).get(seed, {}).get(metric) for c in (*V3_DOSE_CONFIGS, "sgd")]
+        if any(v is None for v in values):
+            continue
+        y = np.log(values[:-1]) if log else np.array(values[:-1]) - values[-1]
+        slopes[seed] = float(np.polyfit(x, y, 1)[0])
+    return slopes
+
+
+def slope_row(family: str, metric: str, slopes: dict[int, float], margin: float | None, effect: float | None) -> dict:
+    """The plan's paired test of the per-seed slopes against 0, its verdict named by the slope's direction:
+    for an endpoint, "grows with rho" when it has the sign of ``effect`` (the mean asam - sgd difference),
+    for the manipulation check, "flatter with rho" when negative."""
+    row = {"family": family, "contrast": "slope per doubling of rho", "metric": metric, "margin": margin,
+           "planned_n": len(V3_DOSE_SEEDS), "n": len(slopes)}
+    if len(slopes) < 2:
+        return {**row, "verdict": "missing (fewer than 2 seeds with every rho)"}
+    row |= statistics.paired_test(slopes, dict.fromkeys(slopes, 0.0), margin=margin)
+    row["interim"] = len(slopes) < len(V3_DOSE_SEEDS)
+    row["effect"] = effect
+    return row
+
+
+def name_slope(row: dict) -> None:
+    """Replace the verdict's "(slope ... 0)" by the direction the plan names."""
+    if not row.get("verdict", "").startswith("supported"):
+        return
+    if row["effect"] is None:  # the manipulation check
+        direction = "flatter with rho" if row["mean_difference"] < 0 else "sharper with rho"
+    else:
+        direction = "grows with rho" if row["mean_difference"] * row["effect"] > 0 else "shrinks with rho"
+    row["verdict"] = f"supported ({direction})"
+
+
+def v3_results(flat: dict[str, dict[int, dict]]) -> list[dict]:
+    """The v3 amendment's tests: the dose-response family, its manipulation checks, the controls family and
+    theirs (results/ANALYSIS_PLAN.md, "Amendment v3")."""
+    def effect(metric: str) -> float | None:
+        d = [flat["asam"][s][metric] - flat["sgd"][s][metric] for s in V3_DOSE_SEEDS
+             if metric in flat.get("asam", {}).get(s, {}) and metric in flat.get("sgd", {}).get(s, {})]
+        return float(np.mean(d)) if d else None
+
+    dose = [slope_row("v3 dose-response", m, dose_slopes(flat, m), margin * V3_SLOPE_MARGIN_FRACTION, effect(m))
+            for m, margin in PRIMARY_ENDPOINTS.items()]
+    checks = [slope_row("v3 manipulation check", m, dose_slopes(flat, m, log=True), None, None)
+              for m in ("hessian_eigenvalue", V3_ADAPTIVE_SHARPNESS)]
+
+    def control(a: str, b: str, metric: str, margin: float | None, family: str) -> dict:
+        seeds = V3_CONTROL_SEEDS.get((a, b), V3_DOSE_SEEDS)
+        values = [{s: flat[c][s][metric] for s in seeds if metric in flat.get(c, {}).get(s, {})} for c in (a, b)]
+        common = set(values[0]) & set(values[1])
+        row = {"family": family, "contrast": f"{a} - {b}", "metric": metric, "margin": margin,
+               "planned_n": len(seeds), "n": len(common)}
+        if len(common) < 2:
+            return {**row, "verdict": "missing (fewer than 2 paired seeds)"}
+        return {**row, **statistics.paired_test(*values, margin=margin), "interim": len(common) < len(seeds)}
+
+    controls = [control(a, b, m, margin, "v3 controls") for a, b in V3_CONTROL_CONTRASTS
+                for m, margin in PRIMARY_ENDPOINTS.items()]
+    swa_check = [control("swa-0.02", "sgd", "hessian_eigenvalue", None, "v3 manipulation check")]
+    rows = adjust_family(dose, holm=True) + adjust_family(checks, holm=False)
+    for r in rows:
+        name_slope(r)
+    return rows + adjust_family(controls, holm=True) + adjust_family(swa_check, holm=False)
 
 
 # ----------------------------------------------------------------------------- exploratory statistics
@@ -311,7 +400,27 @@ def plan_answer(dataset: str, rows: list[dict]) -> str:
              "minimum with SAM in this recipe." if flatter else
              f" The manipulation check is not met{' so far' if n < planned else ''} ({check['verdict']}), so these "
              "results do not speak to flat minima.")
-    return "\n".join([*lines, rule, *secondary_answer(dataset, rows)])
+    return "\n".join([*lines, rule, *secondary_answer(dataset, rows), *v3_answer(rows)])
+
+
+def v3_answer(rows: list[dict]) -> list[str]:
+    """The v3 amendment's verdicts in words (no lines before any v3 test has two seeds)."""
+    v3 = [r for r in rows if r["family"].startswith("v3")]
+    if not any("p" in r for r in v3):
+        return []
+    lines = ["", "The v3 amendment (dose-response over ASAM's rho 0.5-4.0, seeds 3-12; controls `swa-0.02 - sgd`, "
+             "`asam - swa-0.02` on seeds 3-12 and `asam - sam-0.5` on seeds 10-19):", ""]
+    for family in ("v3 manipulation check", "v3 dose-response", "v3 controls"):
+        own = [r for r in v3 if r["family"] == family and "p" in r]
+        if not own:
+            continue
+        status = ("interim, not the study's answer" if any(r.get("interim") for r in own)
+                  or len(own) < sum(r["family"] == family for r in v3) else "final")
+        lines += [f"- {family} ({status}; n = {min(r['n'] for r in own)} of {own[0]['planned_n']} planned seeds):"]
+        lines += [endpoint_sentence({**r, "metric": r["metric"]}, indent="  ").replace(
+            "- ", f"- `{r['contrast']}`, " if " - " in r["contrast"] else "- slope per doubling of rho, ", 1)
+            for r in own]
+    return lines
 
 
 def secondary_answer(dataset: str, rows: list[dict]) -> list[str]:

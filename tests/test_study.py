@@ -155,6 +155,88 @@ def test_plan_results_known_answers():
     assert rows_by(rows, "clean accuracy")["asam - sgd", "clean"]["margin"] == S.CLEAN_MARGIN
 
 
+def test_v3_constants_match_the_amendment():
+    v3 = PLAN.split("## Amendment v3")[1]
+    runs = v3.split("### New runs")[1].split("\n### ")[0]
+    rhos = re.search(r"`asam` recipe with rho ([\d.]+), ([\d.]+) and ([\d.]+) \(rho ([\d.]+) is `asam`", runs)
+    assert sorted(map(float, rhos.groups())) == sorted(S.V3_DOSE_CONFIGS.values())
+    assert S.V3_DOSE_CONFIGS["asam"] == 2.0 and all(S.V3_DOSE_CONFIGS[f"asam-{r}"] == float(r)
+                                                   for r in ("0.5", "1.0", "4.0"))
+    assert re.search(r"Seeds (\d+)-(\d+)\.", runs).groups() == ("3", "12")
+    assert S.V3_DOSE_SEEDS == range(3, 13)
+    assert "one third of the endpoint's margin" in v3 and S.V3_SLOPE_MARGIN_FRACTION == pytest.approx(1 / 3)
+    controls = v3.split("### Controls family")[1].split("\n### ")[0]
+    found = re.findall(r"^- `([\w.-]+) - ([\w.-]+)`, seeds (\d+)-(\d+)", controls, re.M)
+    assert [(a, b) for a, b, _, _ in found] == list(S.V3_CONTROL_CONTRASTS)
+    assert {(a, b): range(int(lo), int(hi) + 1) for a, b, lo, hi in found} == S.V3_CONTROL_SEEDS
+    for config in ("asam-0.5", "asam-1.0", "asam-4.0", "swa-0.02"):  # seeds 3-12 as "0..12" with none below 3
+        assert S.planned_seeds("mnist", config) == 13
+    assert S.planned_seeds("mnist", "sam-0.5") == 10 and "radii r 0.5 and 2.0" in v3  # v2's seeds; 10-19 are v3's
+    assert S.V3_ADAPTIVE_SHARPNESS == "adaptive_sharpness_2.0"
+
+
+def v3_study(seeds, slope: dict[str, float]) -> list[dict]:
+    """sgd, and asam at each rho with endpoint = sgd's + slope * log2(rho) + seed noise (so asam - sgd at rho 2
+    is about +slope); lambda_max falls by half per doubling of rho."""
+    records = []
+    for s in seeds:
+        records.append(fake_record("sgd", s))
+        for config, rho in S.V3_DOSE_CONFIGS.items():
+            shifts = {m: k * math.log2(rho) + 0.05 * wiggle(s, int(4 * rho)) for m, k in slope.items()}
+            r = fake_record(config, s, shifts=shifts)
+            r["metrics"]["hessian"]["eigenvalue"] = 40 / rho * (1 + 0.01 * wiggle(s, 9))
+            records.append(r)
+    return records
+
+
+def test_v3_dose_response_known_slopes():
+    slope = {"pixel_0.6": 1.5, "mnist_c_mean": 0.0, "pgd_0.1": -3.0}  # pgd: asam - sgd at rho 2 is -3
+    records = v3_study(range(3, 13), slope)
+    rows = S.plan_results(flat_of(records), "mnist", confirmatory=True)
+    dose = {r["metric"]: r for r in rows if r["family"] == "v3 dose-response"}
+    assert set(dose) == set(S.PRIMARY_ENDPOINTS)
+    for m, k in slope.items():
+        assert dose[m]["n"] == 10 and not dose[m]["interim"]
+        assert dose[m]["mean_difference"] == pytest.approx(k, abs=0.05)
+        assert dose[m]["margin"] == pytest.approx(S.PRIMARY_ENDPOINTS[m] / 3)
+    # pixel: asam - sgd > 0 and the slope > 0; pgd: asam - sgd < 0 and the slope < 0: both effects grow with rho
+    assert dose["pixel_0.6"]["verdict"] == dose["pgd_0.1"]["verdict"] == "supported (grows with rho)"
+    assert dose["mnist_c_mean"]["verdict"].startswith("no effect")
+    # the slope is the least-squares slope of the per-seed differences, tested against 0 (Holm over the family)
+    x = [math.log2(r) for r in S.V3_DOSE_CONFIGS.values()]
+    flat = flat_of(records)
+    per_seed = [stats.linregress(x, [flat[c][s]["pixel_0.6"] - flat["sgd"][s]["pixel_0.6"]
+                                     for c in S.V3_DOSE_CONFIGS]).slope for s in range(3, 13)]
+    assert dose["pixel_0.6"]["p"] == pytest.approx(stats.ttest_1samp(per_seed, 0).pvalue)
+    assert dose["pixel_0.6"]["p_holm"] >= dose["pixel_0.6"]["p"]
+    check = next(r for r in rows if r["family"] == "v3 manipulation check" and r["metric"] == "hessian_eigenvalue")
+    assert check["mean_difference"] == pytest.approx(-math.log(2), abs=0.01)
+    assert check["verdict"] == "supported (flatter with rho)" and "p_holm" not in check
+    # the controls are missing without their configurations; a seed without every rho leaves the slope test
+    assert all(r["verdict"].startswith("missing") for r in rows if r["family"] == "v3 controls")
+    fewer = [r for r in records if not (r["config"] == "asam-4.0" and r["seed"] == 3)]
+    dose = {r["metric"]: r for r in S.plan_results(flat_of(fewer), "mnist", True) if r["family"] == "v3 dose-response"}
+    assert dose["pixel_0.6"]["n"] == 9 and dose["pixel_0.6"]["interim"]
+    assert "The v3 amendment" in S.plan_answer("mnist", S.plan_results(flat_of(fewer), "mnist", True))
+
+
+def test_v3_controls_use_their_own_seeds():
+    records = [fake_record(c, s, shifts={"pixel_0.6": 3.0 * (c == "asam") + 0.3 * wiggle(s, 7)})
+               for s in range(0, 20) for c in ("sgd", "asam", "sam-0.5", "swa-0.02")]
+    rows = [r for r in S.plan_results(flat_of(records), "mnist", True) if r["family"] == "v3 controls"]
+    by = {(r["contrast"], r["metric"]): r for r in rows}
+    assert len(rows) == 9 and all(not r["interim"] for r in rows)
+    assert by["asam - sam-0.5", "pixel_0.6"]["seeds"] == list(range(10, 20))
+    assert by["swa-0.02 - sgd", "pixel_0.6"]["seeds"] == list(range(3, 13))
+    assert by["asam - swa-0.02", "pixel_0.6"]["seeds"] == list(range(3, 13))
+    assert by["asam - sam-0.5", "pixel_0.6"]["verdict"] == "supported (asam > sam-0.5)"
+    assert all("p_holm" in r for r in rows)
+    v2 = rows_by(S.plan_results(flat_of(records), "mnist", True), "secondary")["sam-0.5 - sgd", "pixel_0.6"]
+    assert v2["seeds"] == list(range(3, 10))  # the v2 family keeps its planned seeds
+    sensitivity = S.plan_results(flat_of(records), "mnist", confirmatory=False)
+    assert not any(r["family"].startswith("v3") for r in sensitivity)
+
+
 def test_seeds_0_to_2_are_sensitivity_only_and_interim():
     flat = flat_of(study(range(3)))
     confirmatory = S.plan_results(flat, "mnist", confirmatory=True)
