@@ -15,6 +15,8 @@ Examples::
     python scripts/run_study.py --configs asam sgd --seeds 0 1 2 --jobs 2
     python scripts/run_study.py --shard 1/4         # this machine's quarter of the pending pairs
     python scripts/run_study.py --reevaluate        # new metrics for every stored model
+    sbatch --array=0-9 scripts/study.sbatch --seeds 0 1 2   # a SLURM array: each task takes its shard
+    python scripts/run_study.py --seeds 0 1 2 --report      # afterwards: the pairs not finished
 
 ``--quick`` (2 epochs on 2,000 images, 1,000 test images, small sharpness probes) is a smoke test
 and must write elsewhere than the study, e.g. ``--out /tmp/study_quick``.
@@ -244,6 +246,25 @@ def shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+def array_shard(env) -> tuple[int, int]:
+    """The shard of a SLURM array task, (1, 1) outside an array: the task's rank among the array's
+    ids (which need not start at 0, e.g. --array=1-10 or 0-18:2) of as many shards as tasks."""
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        return 1, 1
+    try:
+        task, count, low, high, step = (int(env[f"SLURM_ARRAY_TASK_{key}"])
+                                        for key in ("ID", "COUNT", "MIN", "MAX", "STEP"))
+    except (KeyError, ValueError):
+        raise ValueError("SLURM_ARRAY_TASK_ID/COUNT/MIN/MAX/STEP are not all set to integers; "
+                         "give --shard K/N") from None
+    # SLURM gives no task's rank, only these five numbers: a list like --array=3,5,9 (which SLURM
+    # reports with STEP=1) cannot be ranked from them, and guessing would run some pairs twice.
+    if step < 1 or low + (count - 1) * step != high or (task - low) % step or not low <= task <= high:
+        raise ValueError(f"array task {task} of {low}-{high}:{step} ({count} tasks) is not in an evenly "
+                         "spaced array such as 0-9 or 1-19:2; submit one, or give --shard K/N")
+    return (task - low) // step + 1, count
+
+
 def positive(text: str) -> int:
     """argparse type for an integer >= 1."""
     try:
@@ -263,20 +284,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=str(L.default_device()))
     parser.add_argument("--out", type=Path, help="records and weights (default results/study/DATASET)")
     parser.add_argument("--jobs", type=positive, default=1, help="pairs run in parallel processes")
-    parser.add_argument("--shard", type=shard, default=(1, 1), metavar="K/N",
-                        help="run only every N-th pair, starting at the K-th (1-based), if not finished")
+    parser.add_argument("--shard", type=shard, metavar="K/N",
+                        help="run only every N-th pair, starting at the K-th (1-based), if not finished "
+                        "(default: this SLURM array task's shard, else 1/1)")
     parser.add_argument("--threads", type=positive, help="torch.set_num_threads per process (default 1 "
                         "with --jobs > 1, else torch's default)")
     parser.add_argument("--reevaluate", action="store_true", help="recompute the metrics of stored weights")
     parser.add_argument("--no-evaluate", dest="evaluate", action="store_false",
                         help="train and keep the weights only; --reevaluate adds the metrics later")
     parser.add_argument("--quick", action="store_true", help="tiny smoke test; needs another --out")
+    parser.add_argument("--report", action="store_true", help="run nothing: name the selected pairs that are "
+                        "not finished (after a job array, say), exit 1 if there are any")
     args = parser.parse_args(argv)
     args.out = args.out or ROOT / "results" / "study" / args.dataset
     if args.quick and args.out.resolve().is_relative_to((ROOT / "results" / "study").resolve()):
         parser.error("--quick is a smoke test: give it an --out outside results/study")
     if args.reevaluate and not args.evaluate:
         parser.error("--reevaluate and --no-evaluate contradict each other")
+    if args.report and (args.shard or args.reevaluate):
+        parser.error("--report covers every selected pair and runs nothing: drop --shard and --reevaluate")
+    if args.shard is None:
+        try:
+            args.shard = (1, 1) if args.report else array_shard(os.environ)
+        except ValueError as error:
+            parser.error(str(error))
     if args.jobs > 1 and args.threads is None:
         args.threads = 1
     return args
@@ -311,6 +342,12 @@ def plan(args: argparse.Namespace) -> list[Job]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        # From the files, not from the logs: a task killed at its time limit never prints its summary.
+        pending, total = plan(args), len(args.configs) * len(args.seeds)
+        print(f"{total - len(pending)} of {total} pairs finished in {args.out}"
+              + (": not finished " + ", ".join(f"{j.name} seed {j.seed}" for j in pending) if pending else ""))
+        return 1 if pending else 0
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = plan(args)
     what = "to re-evaluate" if args.reevaluate else "to run"

@@ -77,9 +77,11 @@ ORDER = ("baseline", "adam-sam", "sgd", "sgd-2x", "swa", "swa-0.02", "asam-0.5",
 EXPLORATORY_CONTRASTS = (*PRIMARY_CONTRASTS, *SECONDARY_CONTRASTS, ("noise-aug", "sgd"), ("sgd-2x", "sgd"),
                          ("swa", "sgd"), ("asam-0.5", "sgd"), ("asam-1.0", "sgd"), ("asam-4.0", "sgd"),
                          ("swa-0.02", "sgd"), ("asam", "swa-0.02"))
-REPORT_COLUMNS = {"clean": "clean", "pixel_0.6": "pixel σ=0.6", "mnist_c_mean": "MNIST-C mean",
-                  "extended_mean": "extended corruptions", "pgd_0.1": "PGD ε=0.1", "fgsm_0.1": "FGSM ε=0.1",
-                  "seed_0.6": "seed protocol σ=0.6", "hessian_eigenvalue": "λ_max (Hessian)",
+REPORT_COLUMNS = {"clean": "clean", "pixel_0.6": "pixel σ=0.6", "pixel_clip_0.6": "pixel σ=0.6 clipped",
+                  "mnist_c_mean": "MNIST-C mean",
+                  "extended_mean": "extended corruptions", "pgd_0.1": "PGD ε=0.1",
+                  "pgd_0.05": "PGD ε=0.05", "fgsm_0.1": "FGSM ε=0.1",
+                  "seed_0.6": "fixed-pattern protocol σ=0.6", "hessian_eigenvalue": "λ_max (Hessian)",
                   "hessian_trace": "Hessian trace", "slice_rise": "loss-slice rise",
                   V3_ADAPTIVE_SHARPNESS: "adaptive sharpness (r = 2)"}
 SHARPNESS = ("hessian_eigenvalue", "hessian_trace", "slice_rise", "perturbation_norm", V3_ADAPTIVE_SHARPNESS)
@@ -331,7 +333,7 @@ def plan_table(rows: list[dict]) -> str:
     for r in rows:
         digits = 3 if r["metric"] in SHARPNESS else 2
         tost = "-" if r.get("margin") is None or "p_equivalence" not in r else \
-            f"{p_value(r['p_equivalence'])} (±{r['margin']:g})"
+            f"{p_value(r['p_equivalence'])} (±{r['margin']:.3g})"
         flags = [*reading_aids(r), *(["interim"] if r.get("interim") else [])]
         verdict = " ".join([r["verdict"], *(f"({flag})" for flag in flags)])
         body.append([r["family"], r["contrast"], r["metric"], f"{r['n']} ({r['planned_n']})",
@@ -369,7 +371,7 @@ def endpoint_sentence(r: dict, indent: str = "") -> str:
     if "p_holm_bound" in r:
         tests.insert(1, p_clause("p (Holm, whole family)", r["p_holm_bound"], "≤"))
     if r.get("margin") is not None and (r["p_equivalence"] < ALPHA or not r["verdict"].startswith("supported")):
-        tests.append(f"{p_clause('TOST p', r['p_equivalence'])} against ±{r['margin']:g}")
+        tests.append(f"{p_clause('TOST p', r['p_equivalence'])} against ±{r['margin']:.3g}")
     return (f"{indent}- {endpoint_label(r)}: **{r['verdict']}**, {interval(r, signed=True, digits=digits)} "
             f"({'; '.join(tests)}).")
 
@@ -396,8 +398,9 @@ def plan_answer(dataset: str, rows: list[dict]) -> str:
             f"{named(lambda r: r['verdict'].startswith('no effect'))}; inconclusive on: "
             f"{named(lambda r: r['verdict'] == 'inconclusive')}.")
     flatter = check["verdict"] == f"supported ({a} < {b})"
-    rule += (" The manipulation check holds (SAM's minimum is flatter), so these are the effects of seeking a flat "
-             "minimum with SAM in this recipe." if flatter else
+    rule += (" The manipulation check holds: SAM's minimum is flatter (λ_max of the plain cross-entropy on the probe "
+             "set). These are the effects of SAM in this recipe; flatness is one of the things SAM changes, and "
+             "this contrast alone cannot say it is the cause (the v3 amendment varies rho to ask)." if flatter else
              f" The manipulation check is not met{' so far' if n < planned else ''} ({check['verdict']}), so these "
              "results do not speak to flat minima.")
     return "\n".join([*lines, rule, *secondary_answer(dataset, rows), *v3_answer(rows)])
@@ -470,7 +473,7 @@ def provenance(runs: dict) -> str:
 
 
 def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitivity: list[dict],
-                    configs: dict, paired: dict) -> str:
+                    configs: dict, paired: dict, flat: dict) -> str:
     """The README block: runs, the plan's results (confirmatory, then sensitivity), and the
     exploratory tables."""
     seeds = lambda s: f"seed {min(s)}" if len(s) == 1 else f"seeds {min(s)}-{max(s)}"  # noqa: E731
@@ -504,7 +507,61 @@ def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitiv
         body = [[n.replace("_", " ") + ("" if n in corruptions.CORRUPTIONS else " (extended)"),
                  *(interval(v.get(f"corruption_{n}"), True) for v in paired.values())] for n in names]
         lines += ["**Exploratory: paired differences under each corruption:**", "", L.markdown_table(header, body), ""]
+    if any("hessian_eigenvalue" in f for seeds in flat.values() for f in seeds.values()):
+        lines += ["**Exploratory: Spearman's rank correlation of λ_max with each endpoint** (one point per run; the "
+                  "SGD-recipe runs share label smoothing and weight decay, which set the Hessian's scale):", "",
+                  spearman_table(flat), ""]
     return "\n".join(lines).rstrip("\n")
+
+
+def spearman_table(flat: dict[str, dict[int, dict]]) -> str:
+    """Spearman's rank correlation of λ_max with each primary endpoint, over all runs and over the SGD-recipe runs
+    alone (exploratory; the figure sharpness_vs_robustness.png draws the same points)."""
+    body = []
+    for subset, keep in (("all runs", lambda c: True),
+                         ("SGD-recipe runs", lambda c: L.STUDY_RECIPES[c].optimizer == "sgd")):
+        pairs = {e: [(f["hessian_eigenvalue"], f[e]) for c, seeds in flat.items() if keep(c)
+                     for f in seeds.values() if "hessian_eigenvalue" in f] for e in PRIMARY_ENDPOINTS}
+        cells = []
+        for points in pairs.values():
+            rho, p = scipy_stats.spearmanr(*zip(*points)) if len(points) > 2 else (math.nan, math.nan)
+            cells.append(f"{rho:+.2f} ({p_clause('p', p)})")
+        body.append([subset, len(next(iter(pairs.values()))), *cells])
+    return L.markdown_table(["runs", "n", *(REPORT_COLUMNS[e] for e in PRIMARY_ENDPOINTS)], body)
+
+
+HEADLINE_CONTRASTS = (*PRIMARY_CONTRASTS, *SECONDARY_CONTRASTS)
+VERDICT_WORDS = {"supported": "", "no effect": "equivalent", "inconclusive": "inconclusive"}
+
+
+def verdict_word(r: dict) -> str:
+    """One word for a row's verdict: better / worse (supported, by sign), equivalent, inconclusive, missing."""
+    if "p" not in r:
+        return "missing"
+    if r["verdict"].startswith("supported"):
+        return "better" if r["mean_difference"] > 0 else "worse"
+    return next(w for k, w in VERDICT_WORDS.items() if r["verdict"].startswith(k))
+
+
+def headline_table(rows: list[dict]) -> str:
+    """The README's answer table: contrast x endpoint, a verdict word and the mean difference with its 95 % CI."""
+    endpoints = {**{m: REPORT_COLUMNS[m] for m in PRIMARY_ENDPOINTS}, "clean": "clean accuracy"}
+    cell = {(r["contrast"], r["metric"]): r for r in rows
+            if r["family"] in ("primary", "secondary", "clean accuracy")}
+    body = []
+    for a, b in HEADLINE_CONTRASTS:
+        if not any(c == f"{a} - {b}" for c, _ in cell):  # a contrast this dataset's plan does not run
+            continue
+        row = [f"`{a} - {b}`", min((cell[f"{a} - {b}", m]["n"] for m in PRIMARY_ENDPOINTS
+                                    if (f"{a} - {b}", m) in cell), default=0)]
+        for m in endpoints:
+            r = cell.get((f"{a} - {b}", m))
+            flags = [*(reading_aids(r) if r is not None and "p" in r else ()),
+                     *(["interim"] if r is not None and r.get("interim") else [])]
+            row.append("-" if r is None else f"**{verdict_word(r)}**" + (
+                f" {interval(r, signed=True)}" if "p" in r else "") + "".join(f" ({f})" for f in flags))
+        body.append(row)
+    return L.markdown_table(["contrast (paired by seed)", "n", *endpoints.values()], body)
 
 
 def splice_into_readme(path: Path, blocks: dict[str, str], dataset: str) -> None:
@@ -561,9 +618,10 @@ def save(fig: plt.Figure, path: Path) -> None:
 
 
 def colours(runs: dict) -> dict[str, tuple]:
-    """A fixed tab10 colour per configuration (by study order)."""
-    palette = plt.get_cmap("tab10").colors
-    return {c: palette[(ORDER.index(c) if c in ORDER else len(ORDER) + i) % 10] for i, c in enumerate(runs)}
+    """A fixed colour per configuration (by study order): tab20, whose dark/light pairs fall on neighbours in ORDER
+    (baseline/adam-sam, sgd/sgd-2x, swa/swa-0.02, ...), so that no two configurations share a colour."""
+    palette = plt.get_cmap("tab20").colors
+    return {c: palette[(ORDER.index(c) if c in ORDER else len(ORDER) + i) % 20] for i, c in enumerate(runs)}
 
 
 def mean_and_band(ax, x: list[float], curves: np.ndarray, colour, label: str) -> None:
@@ -594,7 +652,7 @@ def plot_curves(runs: dict, path: Path, title: str, panels: list[tuple[str, str,
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("test accuracy (%)")
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(runs), 9))
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(runs), 2 * ncols))
     fig.suptitle(title + "\nmean over seeds; band: 95 % t interval of the mean, clipped to 0-100 %")
     save(fig, path)
 
@@ -621,7 +679,7 @@ def plot_sharpness(runs: dict, flat: dict, path: Path, tag: str) -> None:
             for subset, pairs in points.items():
                 rho, p = scipy_stats.spearmanr(*zip(*pairs)) if len(pairs) > 2 else (math.nan, math.nan)
                 titles.append(f"{subset}: ρ = {rho:+.2f} ({p_clause('p', p)}, {len(pairs)} runs)")
-            ax.set(xlabel=label, ylabel=f"{endpoint} (%)")
+            ax.set(xlabel=label, ylabel=f"{REPORT_COLUMNS[endpoint]}: accuracy (%)")
             ax.set_title("Spearman " + "\n".join(titles), fontsize=10)
             ax.grid(alpha=0.3)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(runs), 9))
@@ -640,7 +698,7 @@ def plot_seed_spread(flat: dict, path: Path, tag: str) -> None:
             ax.scatter(i + generator.uniform(-0.15, 0.15, len(values)), values, s=16, alpha=0.7, color=colour[config])
             ax.hlines(np.mean(values), i - 0.3, i + 0.3, color="black")
         ax.set_xticks(range(len(flat)), list(flat), rotation=35, ha="right")
-        ax.set(ylabel="accuracy (%)", title=endpoint)
+        ax.set(ylabel="test accuracy (%)", title=REPORT_COLUMNS[endpoint])
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"Primary endpoints: every seed a dot, bar = mean{tag}")
     save(fig, path)
@@ -654,7 +712,7 @@ def plot_loss_directions(runs: dict, path: Path, tag: str) -> None:
         curves = np.array([c for d in directions for c in d["losses"]])
         ax.plot(directions[0]["alphas"], curves.mean(0), color=colours(runs)[config],
                 label=f"{config} ({len(curves)} curves)")
-    n_probe = next(iter(next(iter(runs.values())).values()))["sizes"]["probe"]
+    n_probe = next(iter(next(iter(runs.values())).values()))["evaluation"]["settings"]["n_slice"]  # the slices' images
     ax.set(yscale="log", xlabel="α (weights w + α·d, d a filter-normalized random direction)",
            ylabel=f"cross-entropy on the {n_probe:,} probe images (log)",
            title=f"Loss along filter-normalized directions, mean over directions and seeds{tag}")
@@ -663,21 +721,77 @@ def plot_loss_directions(runs: dict, path: Path, tag: str) -> None:
     save(fig, path)
 
 
+NOISE_AXIS = "noise σ (pixel units, pixels in [0, 1])"
+HEADLINE_CONFIGS = ("asam", "sam-0.05", "sam-0.5")  # each against sgd, paired by seed
+
+
+def plot_headline(flat: dict, path: Path, tag: str, original_study: bool) -> None:
+    """The README's figure: the paired difference (config - sgd) with its 95 % t interval, for ASAM and plain SAM,
+    under pixel noise against σ (unclipped and clipped), under each MNIST-C corruption, and under PGD against ε."""
+    configs = [c for c in HEADLINE_CONFIGS if c in flat and "sgd" in flat]
+    if not configs:
+        return
+    fig, axes = plt.subplots(1, 4, figsize=(19, 5.2), layout="constrained", gridspec_kw={"width_ratios": [1, 1, 2, 1]})
+    colour = dict(zip(configs, plt.get_cmap("tab10").colors))  # three clearly different colours
+
+    def differences(config: str, key: str) -> np.ndarray:
+        seeds = [s for s in flat[config] if s in flat["sgd"] and key in flat[config][s]]
+        return np.array([flat[config][s][key] - flat["sgd"][s][key] for s in seeds])
+
+    def band(ax, x, keys, config, offset=0.0, line=True):
+        stats = [statistics.describe(list(differences(config, k))) for k in keys]
+        mean = np.array([st["mean"] for st in stats])
+        low, high = (np.array([st["ci95"][i] for st in stats]) for i in (0, 1))
+        n = stats[0]["n"]
+        ax.errorbar(np.asarray(x) + offset, mean, yerr=[mean - low, high - mean], fmt="o-" if line else "o",
+                    ms=4, capsize=3, color=colour[config], label=f"{config} - sgd (n={n})")
+
+    sigmas = sorted({k.split("_")[-1] for k in next(iter(flat["sgd"].values())) if k.startswith("pixel_clip_")},
+                    key=float)
+    for ax, prefix, title in ((axes[0], "pixel_", "Gaussian pixel noise, unclipped"),
+                              (axes[1], "pixel_clip_", "Gaussian pixel noise, clipped to [0, 1]")):
+        for config in configs:
+            band(ax, [float(x) for x in sigmas], [prefix + x for x in sigmas], config)
+        if original_study:  # its sigma 0.6 is on normalized images: 0.6 x 0.3081 in pixel units (a fixed pattern)
+            ax.axvline(0.6 * L.MNIST_STD, color="grey", ls=":",
+                       label=f"original study's σ 0.6 (normalized) = {0.6 * L.MNIST_STD:.2f} in pixel units")
+        ax.set(title=title, xlabel=NOISE_AXIS)
+    names = list(corruptions.CORRUPTIONS)
+    for i, config in enumerate(configs):
+        band(axes[2], range(len(names)), [f"corruption_{n}" for n in names], config, offset=0.25 * (i - 1), line=False)
+    axes[2].set_xticks(range(len(names)), [n.replace("_", " ") for n in names], rotation=45, ha="right")
+    axes[2].set(title="MNIST-C corruptions (benchmark severity)", xlabel="corruption")
+    epsilons = sorted({k.split("_")[-1] for k in next(iter(flat["sgd"].values())) if k.startswith("pgd_")}, key=float)
+    for config in configs:
+        band(axes[3], [float(e) for e in epsilons], [f"pgd_{e}" for e in epsilons], config)
+    axes[3].set(title="20-step PGD attack (L∞)", xlabel="ε (L∞ budget, pixel units)")
+    for ax in axes:
+        ax.axhline(0, color="black", lw=0.8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy difference to sgd (points)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels))
+    fig.suptitle("What SAM changes, paired by seed against the same recipe without SAM (sgd): mean difference and "
+                 f"95 % t interval, all seeds (exploratory beyond the plan's three endpoints){tag}")
+    save(fig, path)
+
+
 def figures(runs: dict, flat: dict, out_dir: Path, tag: str) -> None:
     plot_curves(runs, out_dir / "noise_curves.png", "Accuracy vs Gaussian pixel noise" + tag,
-                [("no clipping", "σ", lambda r: r["metrics"]["pixel"]),
-                 ("clipped to [0, 1]", "σ", lambda r: r["metrics"]["pixel_clip"])])
+                [("no clipping", NOISE_AXIS, lambda r: r["metrics"]["pixel"]),
+                 ("clipped to [0, 1]", NOISE_AXIS, lambda r: r["metrics"]["pixel_clip"])])
     names = list(next(iter(next(iter(runs.values())).values()))["metrics"]["corruption_sweep"])
     plot_curves(runs, out_dir / "corruption_severity.png", "Accuracy vs corruption severity (1-5)" + tag,
                 [(n + ("" if n in corruptions.CORRUPTIONS else " (ext.)"), "severity",
                   lambda r, n=n: {k: v for k, v in r["metrics"]["corruption_sweep"][n].items() if k != "mean"})
                  for n in names])
     plot_curves(runs, out_dir / "adversarial.png", "Accuracy under attack (L∞, pixels in [0, 1])" + tag,
-                [(attack.upper(), "ε", lambda r, a=attack: r["metrics"]["adversarial"][a])
+                [(attack.upper(), "ε (L∞ budget, pixel units)", lambda r, a=attack: r["metrics"]["adversarial"][a])
                  for attack in ("fgsm", "pgd")])
     plot_sharpness(runs, flat, out_dir / "sharpness_vs_robustness.png", tag)
     plot_seed_spread(flat, out_dir / "seed_spread.png", tag)
     plot_loss_directions(runs, out_dir / "loss_directions.png", tag)
+    plot_headline(flat, out_dir / "headline.png", tag, records_of(runs)[0]["dataset"] == "mnist")
 
 
 def compare_with(old_dir: Path, runs: dict[str, dict[int, dict]]) -> str:
@@ -715,7 +829,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", choices=list(L.DATASETS), default="mnist")
     parser.add_argument("--study-dir", type=Path, help="records (default results/study/DATASET)")
     parser.add_argument("--out-dir", type=Path, help="summary and figures (default results/summary/DATASET)")
-    parser.add_argument("--readme", type=Path, help="rewrite this file's study-results block for the dataset")
+    parser.add_argument("--report", type=Path, help="rewrite this file's study-answer and study-results blocks "
+                        "for the dataset (STUDY.md)")
+    parser.add_argument("--readme", type=Path, help="rewrite this file's study-headline block for the dataset "
+                        "(README.md: the answer table)")
     parser.add_argument("--corruption-examples", type=Path, metavar="PNG",
                         help="also draw every corruption on 3 test digits (results/corruption_examples.png)")
     parser.add_argument("--compare-with", type=Path, metavar="DIR",
@@ -741,21 +858,23 @@ def main(argv: list[str] | None = None) -> None:
                "runs": {c: list(s) for c, s in runs.items()}, "confirmatory": confirmatory,
                "sensitivity": sensitivity, "configurations": configs, "paired": paired}
     write_tables(out_dir, summary)
-    report = markdown_report(args.dataset, runs, confirmatory, sensitivity, configs, paired)
+    report = markdown_report(args.dataset, runs, confirmatory, sensitivity, configs, paired, flat)
     if args.compare_with:
         report += (f"\n\n**Each run against the same pair's record in `{args.compare_with.as_posix()}`** (training "
                    "history and the accuracies both measure the same way; Δ = this run - that record):\n\n"
                    + compare_with(args.compare_with, runs))
     flags = f" --compare-with {args.compare_with.as_posix()}" if args.compare_with else ""
-    report += (f"\n\nWritten by `scripts/summarize_study.py --dataset {args.dataset} --readme README.md{flags}` "
-               f"from `results/study/{args.dataset}/*.json`.")
+    report += (f"\n\nWritten by `scripts/summarize_study.py --dataset {args.dataset} --report STUDY.md --readme "
+               f"README.md{flags}` from `results/study/{args.dataset}/*.json`.")
     answer = plan_answer(args.dataset, confirmatory)
-    print(answer, report, sep="\n\n")
-    if args.readme:
-        if quick:
-            sys.exit(f"refusing to write QUICK smoke-test numbers into {args.readme}")
-        splice_into_readme(args.readme, {"answer": answer, "results": report}, args.dataset)
-        print(f"\nrewrote the {args.dataset} study-answer and study-results blocks of {args.readme}")
+    headline = headline_table(confirmatory)
+    print(answer, report, headline, sep="\n\n")
+    for path, blocks in ((args.report, {"answer": answer, "results": report}), (args.readme, {"headline": headline})):
+        if path:
+            if quick:
+                sys.exit(f"refusing to write QUICK smoke-test numbers into {path}")
+            splice_into_readme(path, blocks, args.dataset)
+            print(f"\nrewrote the {args.dataset} study-{'/'.join(blocks)} block(s) of {path}")
     figures(runs, flat, out_dir, tag)
     print(f"\nwrote {out_dir}/study_summary.csv, study_summary.json and the figures "
           f"from {sum(map(len, runs.values()))} runs of {len(runs)} configurations")

@@ -49,6 +49,15 @@ def mnist_test():
 
 
 @pytest.fixture(autouse=True)
+def not_a_slurm_array_task(monkeypatch):
+    """run_study.py takes its shard from SLURM_ARRAY_TASK_* when no --shard is given: a suite run inside an array
+    job must not shard the tests' runs."""
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
+                 "SLURM_ARRAY_TASK_STEP"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
 def no_mnist_download(monkeypatch):
     """Make every torchvision MNIST download fail at once, without touching the network.
 

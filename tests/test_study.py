@@ -55,7 +55,7 @@ def fake_record(config: str, seed: int, accuracy: float = 97.0, shifts: dict | N
             "hessian_trace": {"mean": 10 * sharp + wiggle(seed, 2), "stderr": 1.0},
             "loss_directions": {"alphas": [-1.0, 0.0, 1.0], "rise": sharp / 10,
                                 "losses": [[0.5, 0.05, 0.6], [0.4, 0.05, 0.5]]}},
-        "evaluation": {"settings": {"n_pgd": 1000}, "code": {"git_commit": f"c{seed}", "analysis": code},
+        "evaluation": {"settings": {"n_pgd": 1000, "n_slice": 512}, "code": {"git_commit": f"c{seed}", "analysis": code},
                        "threads": 1}}
     if "sam" in config:
         record["perturbation_norm"] = {"mean": 0.05, "min": 0.04, "max": 0.06}
@@ -312,7 +312,7 @@ def test_fashion_mnist_seeds_are_all_confirmatory_and_unplanned_contrasts_left_o
     readme = tmp_path / "README.md"
     readme.write_text(blocks("fashion-mnist"))
     S.main(["--dataset", "fashion-mnist", "--study-dir", str(write(tmp_path / "study", records)),
-            "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
+            "--out-dir", str(tmp_path / "out"), "--report", str(readme)])
     block = readme.read_text()
     assert "**The plan's answer on fashion-mnist** (interim: n = 5 of the 8 planned seeds" in block
     assert "whole family" not in block.split("<!-- study-results")[0]
@@ -427,7 +427,7 @@ def test_main_end_to_end(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\n{answer_begin}\nold answer\n{answer_end}\n\nbefore\n\n"
                       f"{begin}\nold numbers\n{end}\n\nafter\n{other}\n")
-    argv = ["--study-dir", str(study_dir), "--out-dir", str(out), "--readme", str(readme)]
+    argv = ["--study-dir", str(study_dir), "--out-dir", str(out), "--report", str(readme)]
     S.main(argv)
     text = readme.read_text()
     head, rest = text.split(begin)
@@ -472,7 +472,7 @@ def test_readme_without_markers_is_refused_and_untouched(tmp_path, present, miss
     text = "# one block only\n" + ("\n".join(S.readme_markers("mnist", present)) if present else "")
     readme.write_text(text)
     with pytest.raises(ValueError, match=f"study-{missing}:mnist:begin"):
-        S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
+        S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--report", str(readme)])
     assert readme.read_text() == text
 
 
@@ -482,7 +482,7 @@ def test_quick_records_are_refused_for_the_readme(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"{begin}\nold\n{end}\n")
     with pytest.raises(SystemExit, match="QUICK"):
-        S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
+        S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--report", str(readme)])
     assert readme.read_text() == f"{begin}\nold\n{end}\n"
     assert json.loads((tmp_path / "out" / "study_summary.json").read_text())["quick_runs"] is True
 
@@ -513,39 +513,72 @@ def test_corruption_examples_figure(tmp_path, monkeypatch):
     assert (tmp_path / "examples.png").stat().st_size > 50_000
 
 
-# ----------------------------------------------------------------------------- the committed README
+# ----------------------------------------------------------------------------- the committed README and STUDY.md
 
 README = (ROOT / "README.md").read_text()
+STUDY = (ROOT / "STUDY.md").read_text()
 NUMBER = re.compile(r"(?<![\w.])[+-]?\d+\.\d+")
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
-def test_the_readme_blocks_are_the_summary_of_the_committed_records(tmp_path, monkeypatch, capsys, dataset):
-    """Rerun the command each results block says wrote it, on the committed records: both blocks come
-    out unchanged (a record added or changed without rerunning the summarizer fails here)."""
-    readme = tmp_path / "README.md"
+def test_the_blocks_are_the_summary_of_the_committed_records(tmp_path, monkeypatch, capsys, dataset):
+    """Rerun the command each results block says wrote it, on the committed records: STUDY.md's blocks and README's
+    answer table come out unchanged (a record added or changed without rerunning the summarizer fails here)."""
+    report, readme = tmp_path / "STUDY.md", tmp_path / "README.md"
+    report.write_text(STUDY)
     readme.write_text(README)
-    written_by = re.search(rf"Written by `scripts/summarize_study.py --dataset {dataset} --readme README.md(.*?)`",
-                           README)
+    written_by = re.search(rf"Written by `scripts/summarize_study.py --dataset {dataset} --report STUDY.md "
+                           rf"--readme README.md(.*?)`", STUDY)
     assert written_by, f"the {dataset} results block does not say which command wrote it"
     monkeypatch.chdir(ROOT)  # the command's paths (--compare-with) are relative to the project root
-    S.main(["--dataset", dataset, "--readme", str(readme), "--out-dir", str(tmp_path / "out"),
+    S.main(["--dataset", dataset, "--report", str(report), "--readme", str(readme), "--out-dir", str(tmp_path / "out"),
             *written_by.group(1).split()])
     capsys.readouterr()
-    assert readme.read_text() == README, f"rerun the summarizer for {dataset}: README.md's blocks are out of date"
+    assert report.read_text() == STUDY, f"rerun the summarizer for {dataset}: STUDY.md's blocks are out of date"
+    assert readme.read_text() == README, f"rerun the summarizer for {dataset}: README.md's table is out of date"
 
 
-def test_every_number_of_the_two_minute_section_has_a_source():
-    """The hand-written "In two minutes" section quotes the study's numbers: each must appear in a generated
-    block (its sign aside: "drops by 0.12" quotes -0.12), in the plan, or in a notebook (the original study's
-    numbers); only a rounded number after "about" needs none."""
-    start = README.index("**In two minutes.**")
-    section = "\n\n".join(README[start:].split("\n\n")[:2])  # the opening paragraph and the bullet list
-    sources = "".join(README.split(begin)[1].split(end)[0] for dataset in S.L.DATASETS
-                      for begin, end in (S.readme_markers(dataset, block) for block in ("answer", "results")))
+def generated(text: str, blocks: tuple[str, ...]) -> str:
+    return "".join(text.split(begin)[1].split(end)[0] for dataset in S.L.DATASETS
+                   for begin, end in (S.readme_markers(dataset, block) for block in blocks))
+
+
+def hand_written(text: str, blocks: tuple[str, ...]) -> str:
+    """``text`` without its generated blocks and without the notebooks' reproduction section (its numbers are
+    the notebooks' own, checked by the notebooks' committed outputs)."""
+    for dataset in S.L.DATASETS:
+        for block in blocks:
+            begin, end = S.readme_markers(dataset, block)
+            text = text.split(begin)[0] + text.split(end)[1]
+    return text
+
+
+def test_every_number_of_the_hand_written_text_has_a_source():
+    """README's answer and STUDY.md's hand-written sections quote the study's numbers: each must appear in a
+    generated block (its sign aside: "drops by 0.12" quotes -0.12), in the plan, or in a notebook (the original
+    study's numbers); only a rounded number after "about" needs none."""
+    sources = generated(STUDY, ("answer", "results")) + generated(README, ("headline",))
     sources += (ROOT / "results" / "ANALYSIS_PLAN.md").read_text()
     sources += "".join((ROOT / nb).read_text() for nb in ("LeNet-5.ipynb", "LeNet-5_sam_optim.ipynb"))
+    sources += (ROOT / "results" / "comparison.json").read_text() + (ROOT / "results" / "asam.json").read_text()
+    sources += (ROOT / "results" / "baseline.json").read_text()
     known = {n.lstrip("+-") for n in NUMBER.findall(sources)}
-    quoted = NUMBER.findall(re.sub(r"about \d+\.\d+", "", section))
-    assert len(quoted) > 50, "the two-minute section was not found where expected"
-    assert [n for n in quoted if n.lstrip("+-") not in known] == []
+    answer = README[README.index("## The answer"):README.index("## Quick start")]
+    full = hand_written(STUDY, ("answer", "results"))
+    # the first study's section quotes its own summary (results/study_v1/), the rest this study's blocks
+    study = (full[:full.index("## Design")] + full[full.index("## The controls"):full.index("### The first study")]
+             + full[full.index("## Limitations"):full.index("## Provenance")])
+    quoted = NUMBER.findall(re.sub(r"about \d+\.\d+", "", hand_written(answer, ("headline",)) + study))
+    assert len(quoted) > 50, "the hand-written sections were not found where expected"
+    assert sorted({n for n in quoted if n.lstrip("+-") not in known}) == []
+
+
+def test_the_readme_answer_table_has_a_verdict_per_cell(tmp_path):
+    study_dir = write(tmp_path / "study", study(range(20)))
+    readme = tmp_path / "README.md"
+    begin, end = S.readme_markers("mnist", "headline")
+    readme.write_text(f"{begin}\nold\n{end}\n")
+    S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
+    table = readme.read_text()
+    assert "| `asam - sgd` | 17 | **better** +2." in table and "**equivalent**" in table and "**inconclusive**" in table
+    assert "| `sam-0.05 - sgd` | 0 | **missing** |" in table  # planned, without runs
