@@ -27,15 +27,17 @@ import lenet_utils as L  # noqa: E402
 from analysis import evaluation  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=1, help="epochs timed per recipe")
     parser.add_argument("--configs", nargs="+", choices=list(L.STUDY_RECIPES), default=list(L.STUDY_RECIPES))
     parser.add_argument("--weights", type=Path, help="a trained model to evaluate (default: the last one timed)")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2,000 training images, the quick evaluation")
+    args = parser.parse_args(argv)
+    size = run_study.QUICK if args.quick else run_study.FULL
     torch.set_num_threads(args.threads)
-    data = run_study.load_data("mnist", torch.device("cpu"), run_study.FULL)
+    data = run_study.load_data("mnist", torch.device("cpu"), size)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f}")
     model = None
@@ -52,7 +54,7 @@ def main() -> None:
         model = L.LeNet5()
         L.load_checkpoint(args.weights, model)
     start = time.perf_counter()
-    metrics = evaluation.evaluate_model(model, data["test"], data["probe"], evaluation.FULL,
+    metrics = evaluation.evaluate_model(model, data["test"], data["probe"], size.evaluation,
                                         (L.MNIST_MEAN, L.MNIST_STD))
     parts = ", ".join(f"{k} {v:.1f}" for k, v in metrics["seconds"].items())
     print(f"evaluation of one model: {time.perf_counter() - start:.1f} s ({parts})")

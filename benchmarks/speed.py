@@ -207,11 +207,11 @@ def main(argv=None):
         print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr)
 
     results, lines = {}, []
-    for name, (_, images, epoch_steps) in contenders.items():
+    for name, (_, images, steps_per_epoch) in contenders.items():  # not epoch_steps: that is the function
         entry = {"seconds": summary(seconds[name]), "images": images,
                  "images_per_second": summary([images / t for t in seconds[name]])}
-        if epoch_steps:
-            entry["seconds_per_epoch"] = summary([t / steps * epoch_steps for t in seconds[name]])
+        if steps_per_epoch:
+            entry["seconds_per_epoch"] = summary([t / steps * steps_per_epoch for t in seconds[name]])
         results[name] = entry
         e = entry.get("seconds_per_epoch")
         per_epoch = f"{e['median']:9.2f} [{e['min']:.2f}, {e['max']:.2f}]" if e else f"{'-':>9}"

@@ -80,7 +80,9 @@ def test_set_seed_makes_lenet_init_reproducible():
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_default_device():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert default_device() == torch.device(expected)
-    assert isinstance(default_device(), torch.device)
+def test_default_device_is_usable_and_prefers_cuda():
+    device = default_device()
+    assert isinstance(device, torch.device)
+    assert torch.ones(2, device=device).sum().item() == 2  # a tensor can live there
+    if torch.cuda.is_available():
+        assert device.type == "cuda"

@@ -412,14 +412,6 @@ def test_frozen_batchnorm_stats_is_invisible_to_cumulative_average():
         torch.testing.assert_close(bn_buffers(twin)[k], v, rtol=1e-6, atol=1e-7)
 
 
-def test_frozen_batchnorm_stats_without_batchnorm_is_harmless():
-    model = nn.Linear(3, 2)
-    w = weights(model.parameters())
-    with frozen_batchnorm_stats(model):
-        model(torch.randn(2, 3))
-    assert_bitwise_equal(weights(model.parameters()), w)
-
-
 def test_load_state_dict_of_a_plain_optimizer_is_refused():
     model = nn.Linear(3, 2)
     plain = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
