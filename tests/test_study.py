@@ -55,8 +55,8 @@ def fake_record(config: str, seed: int, accuracy: float = 97.0, shifts: dict | N
             "hessian_trace": {"mean": 10 * sharp + wiggle(seed, 2), "stderr": 1.0},
             "loss_directions": {"alphas": [-1.0, 0.0, 1.0], "rise": sharp / 10,
                                 "losses": [[0.5, 0.05, 0.6], [0.4, 0.05, 0.5]]}},
-        "evaluation": {"settings": {"n_pgd": 1000, "n_slice": 512}, "code": {"git_commit": f"c{seed}", "analysis": code},
-                       "threads": 1}}
+        "evaluation": {"settings": {"n_pgd": 1000, "n_slice": 512},
+                       "code": {"git_commit": f"c{seed}", "analysis": code}, "threads": 1}}
     if "sam" in config:
         record["perturbation_norm"] = {"mean": 0.05, "min": 0.04, "max": 0.06}
     return record
