@@ -162,17 +162,7 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
     shared = lambda a, b: min(planned_seeds(dataset, a), planned_seeds(dataset, b))  # noqa: E731  (seeds 0..n-1)
 
     def test(a: str, b: str, metric: str, margin: float | None, family: str) -> dict:
-        row = {"family": family, "contrast": f"{a} - {b}", "metric": metric, "margin": margin}
-        values = [{s: f[metric] for s, f in flat.get(c, {}).items() if first <= s < shared(a, b) and metric in f}
-                  for c in (a, b)]
-        common = sorted(set(values[0]) & set(values[1]))
-        planned = shared(a, b) - first
-        row["planned_n"] = planned
-        if len(common) < 2:
-            return {**row, "n": len(common), "verdict": "missing (fewer than 2 paired seeds)"}
-        floor = metric not in SHARPNESS and all(v[s] <= FLOOR_ACCURACY for v in values for s in common)
-        return {**row, **statistics.paired_test(*values, margin=margin), "interim": len(common) < planned,
-                "floor": floor}
+        return paired_row(flat, a, b, metric, margin, family, range(first, shared(a, b)))
 
     rows = []
     families = (("primary", PRIMARY_CONTRASTS, PRIMARY_ENDPOINTS),
@@ -186,6 +176,19 @@ def plan_results(flat: dict[str, dict[int, dict]], dataset: str, confirmatory: b
     if dataset == "mnist" and confirmatory:  # the v3 amendment's seeds are all confirmatory and MNIST's alone
         rows += v3_results(flat)
     return rows
+
+
+def paired_row(flat: dict[str, dict[int, dict]], a: str, b: str, metric: str, margin: float | None, family: str,
+               seeds: range) -> dict:
+    """The plan's paired test of ``a - b`` on ``metric`` over the planned ``seeds`` both have (no verdict yet)."""
+    row = {"family": family, "contrast": f"{a} - {b}", "metric": metric, "margin": margin, "planned_n": len(seeds)}
+    values = [{s: f[metric] for s, f in flat.get(c, {}).items() if s in seeds and metric in f} for c in (a, b)]
+    common = sorted(set(values[0]) & set(values[1]))
+    if len(common) < 2:
+        return {**row, "n": len(common), "verdict": "missing (fewer than 2 paired seeds)"}
+    floor = metric not in SHARPNESS and all(v[s] <= FLOOR_ACCURACY for v in values for s in common)
+    return {**row, **statistics.paired_test(*values, margin=margin), "interim": len(common) < len(seeds),
+            "floor": floor}
 
 
 def adjust_family(family_rows: list[dict], holm: bool) -> list[dict]:
@@ -265,14 +268,7 @@ def v3_results(flat: dict[str, dict[int, dict]]) -> list[dict]:
               for m in ("hessian_eigenvalue", V3_ADAPTIVE_SHARPNESS)]
 
     def control(a: str, b: str, metric: str, margin: float | None, family: str) -> dict:
-        seeds = V3_CONTROL_SEEDS.get((a, b), V3_DOSE_SEEDS)
-        values = [{s: flat[c][s][metric] for s in seeds if metric in flat.get(c, {}).get(s, {})} for c in (a, b)]
-        common = set(values[0]) & set(values[1])
-        row = {"family": family, "contrast": f"{a} - {b}", "metric": metric, "margin": margin,
-               "planned_n": len(seeds), "n": len(common)}
-        if len(common) < 2:
-            return {**row, "verdict": "missing (fewer than 2 paired seeds)"}
-        return {**row, **statistics.paired_test(*values, margin=margin), "interim": len(common) < len(seeds)}
+        return paired_row(flat, a, b, metric, margin, family, V3_CONTROL_SEEDS[a, b])
 
     controls = [control(a, b, m, margin, "v3 controls") for a, b in V3_CONTROL_CONTRASTS
                 for m, margin in PRIMARY_ENDPOINTS.items()]
@@ -420,7 +416,7 @@ def v3_answer(rows: list[dict]) -> list[str]:
         status = ("interim, not the study's answer" if any(r.get("interim") for r in own)
                   or len(own) < sum(r["family"] == family for r in v3) else "final")
         lines += [f"- {family} ({status}; n = {min(r['n'] for r in own)} of {own[0]['planned_n']} planned seeds):"]
-        lines += [endpoint_sentence({**r, "metric": r["metric"]}, indent="  ").replace(
+        lines += [endpoint_sentence(r, indent="  ").replace(
             "- ", f"- `{r['contrast']}`, " if " - " in r["contrast"] else "- slope per doubling of rho, ", 1)
             for r in own]
     return lines
