@@ -2,7 +2,7 @@
 #   make run    executes both notebooks in place, full length, on real MNIST (baseline first)
 #   make lab    starts JupyterLab from the project's environment, to open the notebooks and run cells yourself
 #   make test   runs the test suite (make lint: the linter, which CI runs first)
-# Each creates .venv and installs requirements.txt on first use.
+# Each creates .venv and installs requirements.txt on first use (test and lint: requirements-dev.txt too).
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 # Offline copy of MNIST beside the project, if there is one; otherwise torchvision downloads to ./data.
@@ -19,6 +19,10 @@ $(VENV)/installed: requirements.txt
 	$(PYTHON) -m pip install --quiet -r requirements.txt
 	touch $@
 
+$(VENV)/dev-installed: $(VENV)/installed requirements-dev.txt
+	$(PYTHON) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
 run: $(VENV)/installed
 	for nb in $(NOTEBOOKS); do \
 	  $(PYTHON) -m jupyter nbconvert --to notebook --execute --inplace \
@@ -28,10 +32,10 @@ run: $(VENV)/installed
 lab: $(VENV)/installed
 	$(PYTHON) -m jupyter lab
 
-test: $(VENV)/installed
+test: $(VENV)/dev-installed
 	$(PYTHON) -m pytest -q
 
-lint: $(VENV)/installed
+lint: $(VENV)/dev-installed
 	$(PYTHON) -m ruff check .
 
 clean:

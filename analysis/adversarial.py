@@ -7,22 +7,19 @@ input gradients are taken (``torch.autograd.grad``): the parameters' ``.grad`` i
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import lenet_utils as L
+
 EPSILONS = (0.05, 0.1, 0.2, 0.3)
 
 
 def _check_eps(eps: float) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    L.check_number("eps", eps, low=0)
 
 
 def _check_batch(images: Tensor, labels: Tensor) -> None:
@@ -68,12 +65,10 @@ def _pgd_from(model: nn.Module, images: Tensor, labels: Tensor, start: Tensor, e
 
 def _check_pgd(eps: float, steps: int, step_size: float | None) -> float:
     _check_eps(eps)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    L.check_number("steps", steps, low=1, integer=True)
     if step_size is None:
         return 2.5 * eps / steps
-    if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) or not step_size > 0:
-        raise ValueError(f"step_size must be a real number > 0 or None, got {step_size!r}")
+    L.check_number("step_size", step_size, low=0, inclusive=False)
     return float(step_size)
 
 
@@ -105,8 +100,7 @@ def evaluate_adversarial(model: nn.Module, images: Tensor, labels: Tensor, epsil
     if not epsilons or len(set(epsilons)) != len(epsilons):
         raise ValueError(f"epsilons must be distinct and non-empty, got {list(epsilons)}")
     for name, value in (("n_pgd", n_pgd), ("pgd_steps", pgd_steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        L.check_number(name, value, low=1, integer=True)
     _check_batch(images, labels)
     if not len(images):
         raise ValueError("images must not be empty")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lenet_utils import accuracy
+import lenet_utils as L
 
 
 @dataclass(frozen=True)
@@ -425,10 +425,7 @@ def corrupt(images: Tensor, name: str, severity: int | None = None, seed: int = 
         raise ValueError(f"images must be (N, 1, H, W), got {tuple(images.shape)}")
     corruption = _ALL[name]
     severity = corruption.benchmark_level if severity is None else severity
-    if isinstance(severity, bool) or not isinstance(severity, int):
-        raise TypeError(f"severity must be an int in 1..5 or None, got {type(severity).__name__}")
-    if not 1 <= severity <= 5:
-        raise ValueError(f"severity must be in 1..5, got {severity}")
+    L.check_number("severity", severity, low=1, high=5, integer=True)
     generator = torch.Generator(device=images.device).manual_seed(seed)
     out = corruption.function(images, corruption.levels[severity - 1], generator)
     return out.clamp(0, 1).to(images.dtype)
@@ -448,7 +445,7 @@ def evaluate_corruptions(model: nn.Module, images: Tensor, labels: Tensor,
                          names: Sequence[str] | None = None, seed: int = 0) -> dict[str, float]:
     """Accuracy (%) under each corruption at the benchmark's level, then ``"mnist_c_mean"`` over the MNIST-C
     ones and ``"extended_mean"`` over the extended ones (each only when the set is represented)."""
-    results = {name: accuracy(model, corrupt(images, name, seed=seed), labels) for name in _names(names)}
+    results = {name: L.accuracy(model, corrupt(images, name, seed=seed), labels) for name in _names(names)}
     for key, group in (("mnist_c_mean", CORRUPTIONS), ("extended_mean", EXTENDED_CORRUPTIONS)):
         values = [v for name, v in results.items() if name in group]
         if values:
@@ -461,7 +458,7 @@ def evaluate_corruption_sweep(model: nn.Module, images: Tensor, labels: Tensor,
     """``{name: {"1": accuracy, ..., "5": accuracy, "mean": mean over the five}}`` (accuracies in %)."""
     sweep = {}
     for name in _names(names):
-        levels = {str(s): accuracy(model, corrupt(images, name, s, seed), labels) for s in range(1, 6)}
+        levels = {str(s): L.accuracy(model, corrupt(images, name, s, seed), labels) for s in range(1, 6)}
         sweep[name] = levels | {"mean": sum(levels.values()) / 5}
     return sweep
 

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+import lenet_utils as L
+
 ALPHAS = tuple(round(-1 + 0.1 * i, 1) for i in range(21))  # the loss slices' steps, -1 to 1
 
 def _functional_loss(model: nn.Module, images: Tensor, labels: Tensor,
@@ -34,8 +36,8 @@ def _hvp(model: nn.Module, images: Tensor, labels: Tensor, loss_fn: Callable[[Te
     chunk's gradient graph is built once and kept, so a product costs one double-backward pass;
     chunks of 256-512 LeNet-5 images run ~1.6x faster than one of 2,048 (cache), and the kept graph
     ~1.3x faster than ``jvp(grad(loss))``, which redoes the forward and backward passes."""
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
+    if batch_size is not None:
+        L.check_number("batch_size", batch_size, low=1, integer=True)
     loss, params = _functional_loss(model, images, labels, loss_fn)
     leaves = [p.requires_grad_(True) for p in params.values()]  # detached from the model: its .grad stays
     chunks = []
@@ -120,8 +122,7 @@ def hessian_trace(model: nn.Module, images: Tensor, labels: Tensor, *, samples: 
     ``batch_size`` as in :func:`hessian_max_eigenvalue`. Leaves the model's weights as they were
     and the model in eval mode.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"samples must be an int >= 2 (for a standard error), got {samples!r}")
+    L.check_number("samples", samples, low=2, integer=True)  # 2: for a standard error
     hvp, params = _hvp(model, images, labels, loss_fn, batch_size)
     generator = torch.Generator().manual_seed(seed)
     quadratic_forms = []

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from scipy import stats
 
+import lenet_utils as L
+
 PERMUTATIONS = 100_000  # sign flips drawn when the exact test (2^n flips) would need more: n > 16
 
 
@@ -69,9 +71,8 @@ def paired_test(a: Mapping[int, float], b: Mapping[int, float], *, margin: float
     for name, values in (("a", a), ("b", b)):
         if not isinstance(values, Mapping):
             raise TypeError(f"{name} must be a dict seed -> value, got {type(values).__name__}")
-    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, numbers.Real)
-                               or not 0 < margin < math.inf):
-        raise ValueError(f"margin must be a finite number > 0 or None, got {margin!r}")
+    if margin is not None:
+        L.check_number("margin", margin, low=0, inclusive=False)
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
         raise ValueError(f"a and b must share at least 2 seeds, got {seeds}")
@@ -110,8 +111,7 @@ def verdict(result: Mapping, *, alpha: float = 0.05, names: tuple[str, str] = ("
     - ``"no effect (equivalent within ±margin)"``: otherwise, if the TOST p is below ``alpha``;
     - ``"inconclusive"`` otherwise.
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    L.check_number("alpha", alpha, low=0, high=1, inclusive=False)
     p = result.get("p_holm", result["p"])
     if p < alpha and result.get("p_nonparametric", 0.0) < alpha:
         return f"supported ({names[0]} {'>' if result['mean_difference'] > 0 else '<'} {names[1]})"

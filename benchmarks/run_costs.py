@@ -1,5 +1,5 @@
 """Idle-machine cost of the study: seconds per training epoch of every study recipe, and of one
-model's whole evaluation (analysis.evaluation.FULL), at the given thread count. Nothing is asserted.
+model's whole evaluation (study.evaluation.FULL), at the given thread count. Nothing is asserted.
 
     MNIST_ROOT=../shared/mnist .venv/bin/python benchmarks/run_costs.py --threads 1 [--epochs 1]
 
@@ -20,29 +20,29 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-import run_study  # noqa: E402  (the study's data, exactly as its runs get it)
-
+sys.path.insert(0, str(ROOT))
 import lenet_utils as L  # noqa: E402
-from analysis import evaluation  # noqa: E402
+from study import data as study_data  # noqa: E402  (the study's data, exactly as its runs get it)
+from study import evaluation  # noqa: E402
+from study.recipes import STUDY_RECIPES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=1, help="epochs timed per recipe")
-    parser.add_argument("--configs", nargs="+", choices=list(L.STUDY_RECIPES), default=list(L.STUDY_RECIPES))
+    parser.add_argument("--configs", nargs="+", choices=list(STUDY_RECIPES), default=list(STUDY_RECIPES))
     parser.add_argument("--weights", type=Path, help="a trained model to evaluate (default: the last one timed)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2,000 training images, the quick evaluation")
     args = parser.parse_args(argv)
-    size = run_study.QUICK if args.quick else run_study.FULL
+    size = study_data.QUICK if args.quick else study_data.FULL
     torch.set_num_threads(args.threads)
-    data = run_study.load_data("mnist", torch.device("cpu"), size)
+    data = study_data.load_data("mnist", torch.device("cpu"), size)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.2f}")
     model = None
     for name in args.configs:
-        recipe = L.STUDY_RECIPES[name]
+        recipe = STUDY_RECIPES[name]
         x, y, val = data["split"] if recipe.split else data["full"]
         L.set_seed(0)
         model = L.LeNet5()

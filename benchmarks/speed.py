@@ -46,20 +46,21 @@ import torchvision
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import lenet_utils as lu  # noqa: E402
+import lenet_utils as L  # noqa: E402
+from study.recipes import STUDY_RECIPES  # noqa: E402
 
-RECIPES = {name: lu.STUDY_RECIPES[name] for name in ("baseline", "asam", "sgd")}
+RECIPES = {name: STUDY_RECIPES[name] for name in ("baseline", "asam", "sgd")}
 MAX_BATCH = max(r.batch_size for r in RECIPES.values())
 
 
-def epoch_steps(recipe: lu.Recipe) -> int:
+def epoch_steps(recipe: L.Recipe) -> int:
     """Optimizer steps in one epoch of ``recipe`` on MNIST (48,000 images with the split, else 60,000)."""
     return (48000 if recipe.split else 60000) // recipe.batch_size
 
 
 def fresh(recipe: str, device: torch.device):
     torch.manual_seed(0)
-    model = lu.LeNet5().to(device)
+    model = L.LeNet5().to(device)
     return model, RECIPES[recipe].make_optimizer(model.parameters())
 
 
@@ -70,7 +71,7 @@ def project_loop(recipe, device, images, labels):
     def prepare(steps):
         model, optimizer = fresh(recipe, device)
         n = steps * r.batch_size
-        return lambda: lu.train(model, optimizer, images[:n], labels[:n], epochs=1, batch_size=r.batch_size,
+        return lambda: L.train(model, optimizer, images[:n], labels[:n], epochs=1, batch_size=r.batch_size,
                                 label_smoothing=r.label_smoothing, reduction=r.reduction, progress=False)
     return prepare
 
@@ -93,7 +94,7 @@ def reference_loop(recipe, device, dataset):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=smoothing, reduction=reduction)
                 loss.backward()
-                if isinstance(optimizer, lu.SAM):
+                if isinstance(optimizer, L.SAM):
                     optimizer.first_step(zero_grad=True)
                     F.cross_entropy(model(x), y, label_smoothing=smoothing, reduction=reduction).backward()
                     optimizer.second_step(zero_grad=True)
@@ -111,8 +112,8 @@ def eval_loop(device, images, labels, sigma):
     def prepare(steps):
         model, _ = fresh("sgd", device)  # the optimizer is unused; the weights don't matter for speed
         if sigma == 0:
-            return lambda: lu.accuracy(model, images, labels)
-        return lambda: lu.accuracy(model, lu.add_gaussian_noise(images, sigma, seed=1), labels)
+            return lambda: L.accuracy(model, images, labels)
+        return lambda: L.accuracy(model, L.add_gaussian_noise(images, sigma, seed=1), labels)
     return prepare
 
 
@@ -155,7 +156,7 @@ def device_arg(text: str) -> torch.device:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", type=device_arg, default=lu.default_device(), help="cpu, cuda, cuda:N")
+    parser.add_argument("--device", type=device_arg, default=L.default_device(), help="cpu, cuda, cuda:N")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per contender (default 5)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per measurement (default 300)")
     parser.add_argument("--out", type=Path, default=Path("results/speed.json"), help="JSON output file")
@@ -182,8 +183,8 @@ def main(argv=None):
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     root = os.environ.get("MNIST_ROOT", "data")
-    train_x, train_y = lu.load_mnist(root, train=True, device=device)
-    test_x, test_y = lu.load_mnist(root, train=False, device=device)
+    train_x, train_y = L.load_mnist(root, train=True, device=device)
+    test_x, test_y = L.load_mnist(root, train=False, device=device)
     if args.quick:
         test_x, test_y = test_x[:1000], test_y[:1000]
     dataset = torchvision.datasets.MNIST(root, train=True, download=True, transform=torchvision.transforms.ToTensor())
@@ -231,7 +232,7 @@ def main(argv=None):
     print("\nratio (paired per repeat)                    median [min, max]")
     for label, s in ratios.items():
         print(f"{label:<44} {s['median']:6.2f} [{s['min']:.2f}, {s['max']:.2f}]")
-    with lu.atomic_write(args.out) as f:
+    with L.atomic_write(args.out) as f:
         json.dump({"machine": info, "config": {"steps": steps, "repeats": args.repeats, "quick": args.quick,
                                                "eval_images": len(test_x)},
                    "measurements": results, "ratios": ratios}, f, indent=2)

@@ -1,8 +1,8 @@
 """Resumable, parallel runner for the LeNet-5 + SAM study.
 
-Trains every (configuration, seed) pair of ``lenet_utils.STUDY_RECIPES``, keeps its final weights
+Trains every (configuration, seed) pair of ``study.recipes.STUDY_RECIPES``, keeps its final weights
 (``{out}/weights/{config}_seed{seed}.pt``, by ``lenet_utils.save_checkpoint``), evaluates them with
-``analysis.evaluation`` and writes ``{out}/{config}_seed{seed}.json`` atomically; ``out`` defaults
+``study.evaluation`` and writes ``{out}/{config}_seed{seed}.json`` atomically; ``out`` defaults
 to ``results/study/{dataset}``. A pair whose record and weights exist is skipped, so the study
 resumes across sessions; ``--reevaluate`` recomputes the metrics of stored weights without
 training, keeping each record's training history.
@@ -35,7 +35,6 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
-from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -45,61 +44,27 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import lenet_utils as L  # noqa: E402
-from analysis import evaluation  # noqa: E402
+from study import evaluation  # noqa: E402
+from study.data import FULL, QUICK, Size, load_data, recipe_for  # noqa: E402
+from study.recipes import STUDY_RECIPES  # noqa: E402
 
 
 def code_version() -> dict:
-    """sha256 of the code a record comes from: lenet_utils.py and the analysis package."""
-    analysis = hashlib.sha256()
-    for path in sorted((ROOT / "analysis").glob("*.py")):
-        analysis.update(path.name.encode() + b"\0" + path.read_bytes())
+    """sha256 of the code a record comes from: lenet_utils.py, sam.py, and the analysis and study packages."""
+    def packages(*folders: str) -> str:
+        digest = hashlib.sha256()
+        for path in sorted(p for folder in folders for p in (ROOT / folder).glob("*.py")):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()
+
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
     return {"lenet_utils_sha256": hashlib.sha256((ROOT / "lenet_utils.py").read_bytes()).hexdigest(),
-            "analysis_sha256": analysis.hexdigest(), "git_commit": commit}
-
-
-@dataclass(frozen=True)
-class Size:
-    """How much data and training a run gets: the full study, or the quick smoke test."""
-
-    epochs: int | None  # None: the recipe's own
-    n_train: int | None  # None: every image
-    n_val: int | None
-    evaluation: evaluation.EvalSettings
-
-
-FULL = Size(None, None, None, evaluation.FULL)
-QUICK = Size(2, 2000, 1000, evaluation.QUICK)
-
-
-def recipe_for(name: str, size: Size) -> L.Recipe:
-    """The configuration's recipe, with the epochs of ``size``."""
-    recipe = L.STUDY_RECIPES[name]
-    return replace(recipe, epochs=size.epochs) if size.epochs else recipe
-
-
-# ----------------------------------------------------------------------------- data (one copy per process)
-
-_DATA: dict = {}
-
-
-def load_data(dataset: str, device: torch.device, size: Size) -> dict:
-    """Full training set, the seed-42 80/20 split (with val data), the test set and the sharpness
-    probe, cut to ``size``; loaded once per process."""
-    key = (dataset, str(device), size)
-    if key not in _DATA:
-        images, labels = L.load_dataset(dataset, train=True, device=device)
-        tr_x, tr_y, va_x, va_y = L.train_val_split(images, labels)
-        n, n_val = size.n_train, size.n_val
-        _DATA[key] = {"full": (images[:n], labels[:n], None),
-                      "split": (tr_x[:n], tr_y[:n], (va_x[:n_val], va_y[:n_val])),
-                      "test": L.load_dataset(dataset, train=False, device=device),
-                      "probe": evaluation.probe_set(tr_x, tr_y, size.evaluation)}
-    return _DATA[key]
+            "sam_sha256": hashlib.sha256((ROOT / "sam.py").read_bytes()).hexdigest(),
+            "analysis_sha256": packages("analysis", "study"), "git_commit": commit}
 
 
 # ----------------------------------------------------------------------------- one pair
@@ -127,13 +92,6 @@ class Job:
         return self.out / "weights" / f"{self.name}_seed{self.seed}.pt"
 
 
-def print_epoch(run: str, epochs: int, row: dict) -> None:
-    """One log line per epoch, for runs in the background (where no progress bar is shown)."""
-    val = f", val acc {row['val_acc']:.2f} %" if "val_acc" in row else ""
-    print(f"    {run} epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, "
-          f"train acc {row['train_acc']:.2f} %{val} ({row['seconds']:.1f} s)", flush=True)
-
-
 def train_one(job: Job, size: Size) -> dict:
     """Train one pair, save its weights; return its record without metrics."""
     device = torch.device(job.device)
@@ -154,8 +112,8 @@ def train_one(job: Job, size: Size) -> dict:
     optimizer = recipe.make_optimizer(model.parameters())
     history, _ = recipe.fit(model, images, labels, seed=job.seed, optimizer=optimizer, val_data=val,
                             progress=on_terminal,
-                            on_epoch=None if on_terminal else partial(print_epoch, f"{job.name} seed {job.seed}",
-                                                                       recipe.epochs),
+                            on_epoch=None if on_terminal else L.epoch_logger(
+                                recipe.epochs, prefix=f"    {job.name} seed {job.seed} "),
                             on_step=record_norm if recipe.sam_rho is not None else None)
     train_s = time.perf_counter() - start
     L.save_checkpoint(job.weights_path, model, config=job.name, seed=job.seed, dataset=job.dataset,
@@ -279,7 +237,7 @@ def positive(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=list(L.DATASETS), default="mnist")
-    parser.add_argument("--configs", nargs="+", choices=list(L.STUDY_RECIPES), default=list(L.STUDY_RECIPES))
+    parser.add_argument("--configs", nargs="+", choices=list(STUDY_RECIPES), default=list(STUDY_RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--device", default=str(L.default_device()))
     parser.add_argument("--out", type=Path, help="records and weights (default results/study/DATASET)")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import lenet_utils
+import lenet_utils as L
 from conftest import reference_step
 from lenet_utils import SAM, LeNet5, atomic_write, load_checkpoint, save_checkpoint
 
@@ -100,7 +100,7 @@ def test_failed_save_is_atomic(tmp_path, monkeypatch):
         f.write(b"partial garbage")
         raise OSError("disk full")
 
-    monkeypatch.setattr(lenet_utils.torch, "save", broken_save)
+    monkeypatch.setattr(L.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, small_model(1), run=2)
     assert path.read_bytes() == before
@@ -140,7 +140,7 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
     def interrupted(obj, f, *args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lenet_utils.torch, "save", interrupted)
+    monkeypatch.setattr(L.torch, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(tmp_path / "new.pt", small_model())
     assert os.listdir(tmp_path) == []

@@ -1,6 +1,8 @@
-"""predict, evaluate, accuracy; markdown_table, confusion_matrix; the notebooks' set-up, log and outputs."""
+"""predict, evaluate, accuracy; markdown_table, epoch_logger; lenet_notebook's confusion_matrix, the notebooks'
+set-up and outputs."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -8,22 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet_utils import (
-    ASAM,
-    LeNet5,
+from lenet_notebook import (
     NoiseReport,
     NotebookSetup,
-    accuracy,
     confusion_matrix,
-    epoch_logger,
-    evaluate,
-    load_checkpoint,
-    markdown_table,
     notebook_setup,
-    predict,
     save_notebook_run,
     show_predictions,
 )
+from lenet_utils import ASAM, LeNet5, accuracy, epoch_logger, evaluate, load_checkpoint, markdown_table, predict
 
 
 @pytest.fixture
@@ -147,9 +142,9 @@ def test_notebook_setup_seeds_and_saves_figures(monkeypatch, tmp_path, restore_t
     plt.close(fig)
 
 
-@pytest.mark.parametrize("threads", [0, 1.5, True, "1"])
-def test_notebook_setup_rejects_bad_threads(threads):
-    with pytest.raises(ValueError, match="threads"):
+@pytest.mark.parametrize("threads, error", [(0, ValueError), (1.5, TypeError), (True, TypeError), ("1", TypeError)])
+def test_notebook_setup_rejects_bad_threads(threads, error):
+    with pytest.raises(error, match="threads"):
         notebook_setup(threads=threads)
 
 
@@ -162,8 +157,20 @@ def test_epoch_logger_prints_first_every_and_last(capsys):
     assert lines[0] == "epoch  1/12: lr 0.1, train loss 0.5000, train acc 90.00 % (1.2 s)"
     log({"epoch": 5, "lr": 0.1, "train_loss": 0.5, "train_acc": 90.0, "val_loss": 0.25, "val_acc": 95.0, "seconds": 1})
     assert "val loss 0.2500, val acc 95.00 %" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="every"):
+    with pytest.raises(ValueError, match=re.escape("every must be finite and >= 1, got 0")):
         epoch_logger(10, every=0)
+    with pytest.raises(TypeError, match="every must be an int"):
+        epoch_logger(10, every=2.5)
+
+
+def test_epoch_logger_prefix_starts_each_line(capsys):
+    log = epoch_logger(3, prefix="    sgd seed 0 ")
+    for epoch in (1, 2, 3):
+        log({"epoch": epoch, "lr": 0.004, "train_loss": 0.25, "train_acc": 99.5, "val_loss": 0.125, "val_acc": 98.0,
+             "seconds": 2.0})
+    assert capsys.readouterr().out.splitlines() == [
+        f"    sgd seed 0 epoch {e}/3: lr 0.004, train loss 0.2500, train acc 99.50 %, val loss 0.1250, "
+        "val acc 98.00 % (2.0 s)" for e in (1, 2, 3)]
 
 
 def test_show_predictions():
@@ -184,14 +191,17 @@ def test_show_predictions():
 def test_save_notebook_run(tmp_path, capsys):
     setup = NotebookSetup(quick=True, output_dir=tmp_path, device=torch.device("cpu"), seed=0)
     model = LeNet5()
-    noise = NoiseReport(seed={0.0: 90.0, 0.6: 80.0}, pixel={0.0: 99.0, 0.6: 70.0}, pattern_spread={0: 80.0, 1: 85.0},
-                        spread_sigma=0.6)
+    noise = NoiseReport(fixed_pattern={0.0: 90.0, 0.6: 80.0}, pixel={0.0: 99.0, 0.6: 70.0},
+                        pattern_spread={0: 80.0, 1: 85.0}, spread_sigma=0.6)
     checkpoint, results = save_notebook_run(setup, "asam", model, ASAM, [{"epoch": 1}], 12.5, noise)
     assert checkpoint == tmp_path / "checkpoints" / "lenet5_asam.pt" and results == tmp_path / "results" / "asam.json"
     saved = json.loads(results.read_text())
     assert saved["hyperparameters"] == ASAM.as_dict() and saved["clean_accuracy"] == 99.0
-    assert saved["seed_protocol"] == {"0.0": 90.0, "0.6": 80.0}
-    assert saved["seed_protocol_pattern_spread_0.6"] == {"0": 80.0, "1": 85.0}
+    assert saved["fixed_pattern_protocol"] == {"0.0": 90.0, "0.6": 80.0}
+    assert saved["fixed_pattern_protocol_pattern_spread_0.6"] == {"0": 80.0, "1": 85.0}
+    assert saved["pixel_protocol"] == {"0.0": 99.0, "0.6": 70.0} and saved["history"] == [{"epoch": 1}]
+    assert not [key for key in saved if key.startswith("seed_protocol")]  # the old names are gone
     fresh = LeNet5()
-    assert load_checkpoint(checkpoint, fresh)["recipe"] == "asam"
+    meta = load_checkpoint(checkpoint, fresh)
+    assert (meta["recipe"], meta["hyperparameters"], meta["seed"], meta["quick"]) == ("asam", ASAM.as_dict(), 0, True)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))

@@ -1,29 +1,33 @@
-"""add_gaussian_noise, seed_protocol_noise, evaluate_noise; noise_report and the tables and figures made from it."""
+"""add_gaussian_noise, fixed_pattern_noise, evaluate_noise; lenet_notebook's noise_report and the tables and
+figures made from it."""
 
 import pytest
 import torch
 from torch import nn
 
-from lenet_utils import (
-    MNIST_MEAN,
-    MNIST_STD,
+from lenet_notebook import (
     ORIGINAL_STUDY,
-    PIXEL_SIGMAS,
-    SEED_SIGMAS,
-    STUDY_RECIPES,
     NoiseReport,
-    accuracy,
-    add_gaussian_noise,
     comparison_table,
     describe_noise,
-    evaluate_noise,
     noise_report,
     noise_tables,
+    pixel_units,
     plot_noise,
-    seed_protocol_noise,
     show_noise_examples,
     study_comparison,
 )
+from lenet_utils import (
+    FIXED_PATTERN_SIGMAS,
+    MNIST_MEAN,
+    MNIST_STD,
+    PIXEL_SIGMAS,
+    accuracy,
+    add_gaussian_noise,
+    evaluate_noise,
+    fixed_pattern_noise,
+)
+from study.recipes import STUDY_RECIPES
 
 
 @pytest.fixture
@@ -92,7 +96,7 @@ def test_add_gaussian_noise_bad_sigma_value(images, sigma):
     with pytest.raises(ValueError, match="sigma"):
         add_gaussian_noise(images, sigma)
     with pytest.raises(ValueError, match="sigma"):
-        seed_protocol_noise(images, sigma)
+        fixed_pattern_noise(images, sigma)
 
 
 @pytest.mark.parametrize("sigma", ["a", None, True, [0.1]])
@@ -100,10 +104,10 @@ def test_add_gaussian_noise_bad_sigma_type(images, sigma):
     with pytest.raises(TypeError, match="sigma"):
         add_gaussian_noise(images, sigma)
     with pytest.raises(TypeError, match="sigma"):
-        seed_protocol_noise(images, sigma)
+        fixed_pattern_noise(images, sigma)
 
 
-# ----------------------------------------------------------------------------- seed protocol
+# ----------------------------------------------------------------------------- fixed-pattern protocol
 
 
 def reference_pattern(seed: int = 0) -> torch.Tensor:
@@ -114,28 +118,28 @@ def reference_pattern(seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("sigma, seed", [(0.5, 0), (1.0, 0), (0.3, 7)])
-def test_seed_protocol_noise_matches_study(images, sigma, seed):
-    out = seed_protocol_noise(images, sigma, seed=seed)
+def test_fixed_pattern_noise_matches_study(images, sigma, seed):
+    out = fixed_pattern_noise(images, sigma, seed=seed)
     expected = (images - 0.1307) / 0.3081 + sigma * reference_pattern(seed)
     assert torch.equal(out, expected)
     assert out.shape == images.shape and out.dtype == images.dtype
 
 
-def test_seed_protocol_noise_same_pattern_for_every_image(images):
-    noise = seed_protocol_noise(images, 0.7) - seed_protocol_noise(images, 0.0)
+def test_fixed_pattern_noise_same_pattern_for_every_image(images):
+    noise = fixed_pattern_noise(images, 0.7) - fixed_pattern_noise(images, 0.0)
     for i in range(1, len(images)):
         torch.testing.assert_close(noise[i], noise[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(noise[0], 0.7 * reference_pattern(0), rtol=0, atol=1e-5)
 
 
-def test_seed_protocol_noise_sigma_zero_is_normalization(images):
-    assert torch.equal(seed_protocol_noise(images, 0.0), (images - MNIST_MEAN) / MNIST_STD)
+def test_fixed_pattern_noise_sigma_zero_is_normalization(images):
+    assert torch.equal(fixed_pattern_noise(images, 0.0), (images - MNIST_MEAN) / MNIST_STD)
 
 
-def test_seed_protocol_noise_leaves_global_rng_alone(images):
+def test_fixed_pattern_noise_leaves_global_rng_alone(images):
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    seed_protocol_noise(images, 1.0)
+    fixed_pattern_noise(images, 1.0)
     assert torch.equal(torch.get_rng_state(), state)
 
 
@@ -172,16 +176,17 @@ def test_evaluate_noise_pixel_protocol_clip(classifier, labelled):
     assert result[2.0] == accuracy(classifier, add_gaussian_noise(images, 2.0, seed=1, clip=True), labels)
 
 
-def test_evaluate_noise_seed_protocol(classifier, labelled):
+def test_evaluate_noise_fixed_pattern_protocol(classifier, labelled):
     images, labels = labelled
-    result = evaluate_noise(classifier, images, labels, [0.0, 1.0], protocol="seed")
+    result = evaluate_noise(classifier, images, labels, [0.0, 1.0], protocol="fixed-pattern")
     assert result[0.0] == accuracy(classifier, (images - MNIST_MEAN) / MNIST_STD, labels)
-    assert result[1.0] == accuracy(classifier, seed_protocol_noise(images, 1.0), labels)
+    assert result[1.0] == accuracy(classifier, fixed_pattern_noise(images, 1.0), labels)
 
 
-def test_evaluate_noise_unknown_protocol(classifier, labelled):
-    with pytest.raises(ValueError, match="protocol"):
-        evaluate_noise(classifier, *labelled, [0.1], protocol="gaussian")
+@pytest.mark.parametrize("protocol", ["gaussian", "seed"])  # "seed": the fixed-pattern protocol's old name
+def test_evaluate_noise_unknown_protocol(classifier, labelled, protocol):
+    with pytest.raises(ValueError, match="protocol must be 'pixel' or 'fixed-pattern'"):
+        evaluate_noise(classifier, *labelled, [0.1], protocol=protocol)
 
 
 # ----------------------------------------------------------------------------- noise_report and its tables
@@ -189,23 +194,25 @@ def test_evaluate_noise_unknown_protocol(classifier, labelled):
 
 @pytest.fixture
 def report(classifier, labelled):
-    return noise_report(classifier, *labelled, seed_sigmas=[0.6, 1.0], pixel_sigmas=[0.6, 1.0],
+    return noise_report(classifier, *labelled, fixed_pattern_sigmas=[0.6, 1.0], pixel_sigmas=[0.6, 1.0],
                         pattern_seeds=[0, 1, 2])
 
 
 def test_noise_report_evaluates_both_protocols_once_each(classifier, labelled, report):
     images, labels = labelled
-    assert report.seed == evaluate_noise(classifier, images, labels, [0.0, 0.6, 1.0], protocol="seed")
+    assert report.fixed_pattern == evaluate_noise(classifier, images, labels, [0.0, 0.6, 1.0],
+                                                  protocol="fixed-pattern")
     assert report.pixel == evaluate_noise(classifier, images, labels, [0.0, 0.6, 1.0], protocol="pixel")
     assert report.clean == accuracy(classifier, images, labels) == 100
-    assert report.pattern_spread == {s: evaluate_noise(classifier, images, labels, [0.6], protocol="seed", seed=s)[0.6]
-                                     for s in (0, 1, 2)}
-    assert report.pattern_spread[0] == report.seed[0.6]  # seed 0 is the protocol's own pattern
+    assert report.pattern_spread == {s: evaluate_noise(classifier, images, labels, [0.6], protocol="fixed-pattern",
+                                                       seed=s)[0.6] for s in (0, 1, 2)}
+    assert report.pattern_spread[0] == report.fixed_pattern[0.6]  # seed 0 is the protocol's own pattern
+    assert report.std == MNIST_STD
 
 
 def test_noise_report_defaults_are_the_shared_grids(classifier, labelled):
     result = noise_report(classifier, *labelled)
-    assert list(result.seed) == [0.0, *SEED_SIGMAS]
+    assert list(result.fixed_pattern) == [0.0, *FIXED_PATTERN_SIGMAS]
     assert list(result.pixel) == list(PIXEL_SIGMAS)
     assert list(result.pattern_spread) == [0, 1, 2, 3, 4] and result.spread_sigma == 0.6
 
@@ -217,31 +224,47 @@ def test_noise_report_needs_a_pattern_seed(classifier, labelled):
 
 def test_noise_tables_show_every_sigma(report):
     lines = noise_tables(report).splitlines()
-    assert "| sigma | 0.0 | 0.6 | 1.0 |" in lines
-    assert f"| accuracy (%) | {report.seed[0.0]:.2f} | {report.seed[0.6]:.2f} | {report.seed[1.0]:.2f} |" in lines
-    assert f"| accuracy (%) | 100.00 | {report.pixel[0.6]:.2f} | {report.pixel[1.0]:.2f} |" in lines
+    fixed = report.fixed_pattern
+    start = lines.index("| σ (normalized units) | 0.0 | 0.6 | 1.0 |")  # the fixed-pattern table ...
+    assert lines[start + 2:start + 4] == [  # ... its σ also in pixel units (0.6 * 0.3081 = 0.18486), then accuracy
+        "| σ in pixel units (× 0.3081) | 0.000 | 0.185 | 0.308 |",
+        f"| accuracy (%) | {fixed[0.0]:.2f} | {fixed[0.6]:.2f} | {fixed[1.0]:.2f} |"]
+    start = lines.index("| σ (pixel units) | 0.0 | 0.6 | 1.0 |")  # the pixel table, after it
+    assert start > lines.index("| σ (normalized units) | 0.0 | 0.6 | 1.0 |")
+    assert lines[start + 2] == f"| accuracy (%) | 100.00 | {report.pixel[0.6]:.2f} | {report.pixel[1.0]:.2f} |"
 
 
 def test_describe_noise_numbers(report):
     text = describe_noise(report)
-    spread = report.pattern_spread
-    assert f"({report.seed[0.0] - report.clean:+.2f} points)" in text
-    assert f"seed protocol gives {report.seed[0.6]:.2f} %, the pixel protocol {report.pixel[0.6]:.2f} %" in text
+    spread, fixed = report.pattern_spread, report.fixed_pattern
+    assert f"{fixed[0.0]:.2f} % ({fixed[0.0] - report.clean:+.2f} points)" in text
+    assert (f"At sigma 0.6 (normalized units, 0.18 in pixel units) the fixed-pattern protocol gives "
+            f"{fixed[0.6]:.2f} %; the pixel protocol gives {report.pixel[0.6]:.2f} % at pixel sigma 0.6, a noise 3.2 "
+            "times as large.") in text
     assert "with 3 single noise patterns" in text and "other" not in text
+    assert ", ".join(f"{s}: {spread[s]:.2f} %" for s in (0, 1, 2)) in text
     assert f"a spread of {max(spread.values()) - min(spread.values()):.2f} points" in text
 
 
-def fake_report(shift: float) -> NoiseReport:
-    return NoiseReport(seed={0.0: 90 + shift, 0.4: 80 + shift, 0.6: 70 + shift, 0.8: 60 + shift},
+def fake_report(shift: float, std: float = MNIST_STD) -> NoiseReport:
+    return NoiseReport(fixed_pattern={0.0: 90 + shift, 0.4: 80 + shift, 0.6: 70 + shift, 0.8: 60 + shift},
                        pixel={s: 99 - 40 * s + shift for s in PIXEL_SIGMAS}, pattern_spread={0: 70 + shift},
-                       spread_sigma=0.6)
+                       spread_sigma=0.6, std=std)
+
+
+def test_pixel_units_scales_the_fixed_pattern_sigmas_by_the_std():
+    assert pixel_units(fake_report(0.0)) == {0.0: 90, 0.123: 80, 0.185: 70, 0.246: 60}  # 0.4 * 0.3081 = 0.12324 ...
+    assert pixel_units(fake_report(0.0, std=0.5)) == {0.0: 90, 0.2: 80, 0.3: 70, 0.4: 60}
 
 
 def test_comparison_table_lines_up_sigma_and_adds_the_difference():
     lines = comparison_table({"a": fake_report(0.0), "b": fake_report(2.5)}).splitlines()
     header = [cell.strip() for cell in lines[2].strip("|").split("|")]
-    assert header == ["model", "clean", "seed σ=0.0", "seed σ=0.4", "seed σ=0.6", "seed σ=0.8", "pixel σ=0.2",
-                      "pixel σ=0.4", "pixel σ=0.6", "pixel σ=0.8", "pixel σ=1.0"]
+    assert header == ["model", "clean", "fixed-pattern σ=0.0 (0.00 px)", "fixed-pattern σ=0.4 (0.12 px)",
+                      "fixed-pattern σ=0.6 (0.18 px)", "fixed-pattern σ=0.8 (0.25 px)", "pixel σ=0.2", "pixel σ=0.4",
+                      "pixel σ=0.6", "pixel σ=0.8", "pixel σ=1.0"]
+    assert lines[3:5] == ["|" + " --- |" * 11, "| a | 99.00 | 90.00 | 80.00 | 70.00 | 60.00 | "
+                          + " | ".join(f"{99 - 40 * s:.2f}" for s in (0.2, 0.4, 0.6, 0.8, 1.0)) + " |"]
     assert lines[-1] == "| b − a |" + " 2.50 |" * 10 and "the last row is the difference in points" in lines[0]
     assert len(comparison_table({"a": fake_report(0.0)}).splitlines()) == 5  # title, blank, header, rule, row
     with pytest.raises(ValueError, match="at least one"):
@@ -251,7 +274,9 @@ def test_comparison_table_lines_up_sigma_and_adds_the_difference():
 def test_study_comparison():
     lines = study_comparison("baseline", fake_report(0.0)).splitlines()
     assert lines[2] == "| clean | 98.75 | 99.00 | 0.25 |"
-    assert lines[3] == "| seed protocol, σ=0.6 | 92.31 | 70.00 | -22.31 |"
+    assert lines[3] == "| fixed-pattern σ=0.6 | 92.31 | 70.00 | -22.31 |"
+    assert study_comparison("asam", fake_report(0.0)).splitlines()[2:] == [
+        "| clean | 99.00 | 99.00 | 0.00 |", "| fixed-pattern σ=0.6 | 97.86 | 70.00 | -27.86 |"]
     assert set(ORIGINAL_STUDY) == {"baseline", "asam"} <= set(STUDY_RECIPES)
     with pytest.raises(ValueError, match="baseline, asam"):
         study_comparison("sam", fake_report(0.0))
@@ -262,20 +287,27 @@ def test_plot_noise_draws_both_protocols_per_model():
 
     fig = plot_noise({"a": fake_report(0.0), "b": fake_report(1.0)}, "title")
     lines = fig.axes[0].get_lines()
-    assert [line.get_label() for line in lines] == ["a, pixel protocol", "a, seed protocol (study)",
-                                                    "b, pixel protocol", "b, seed protocol (study)"]
+    fixed = "fixed-pattern protocol (the original study's)"
+    assert [line.get_label() for line in lines] == ["a, pixel protocol", f"a, {fixed}", "b, pixel protocol",
+                                                    f"b, {fixed}"]
     assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert list(lines[2].get_xdata()) == list(PIXEL_SIGMAS)  # the pixel protocol's σ as it is
+    assert list(lines[3].get_xdata()) == pytest.approx([0.0, 0.4 * MNIST_STD, 0.6 * MNIST_STD, 0.8 * MNIST_STD],
+                                                       abs=5e-4)  # the fixed-pattern σ in pixel units
     assert list(lines[3].get_ydata()) == [91.0, 81.0, 71.0, 61.0]
+    assert fig.axes[0].get_xlabel() == "noise σ in pixel units (fixed-pattern σ × 0.3081)"
     plt.close(fig)
 
 
-def test_show_noise_examples_pixel_row_then_seed_row(images):
+def test_show_noise_examples_pixel_row_then_fixed_pattern_row(images):
     import matplotlib.pyplot as plt
 
     fig = show_noise_examples(images[0])
     shown = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in shown] == [f"pixel σ={s}" for s in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)] + [
-        f"seed σ={s}" for s in (0.0, *SEED_SIGMAS)]
+        f"fixed σ={s}" for s in (0.0, *FIXED_PATTERN_SIGMAS)]
+    assert fig._suptitle.get_text() == ("What the model sees (grey scale -1 to 3; fixed-pattern σ in normalized "
+                                        "units)")
     normalized = torch.from_numpy(shown[6].images[0].get_array().data)
-    assert torch.equal(normalized, seed_protocol_noise(images[:1], 0.0)[0, 0])
+    assert torch.equal(normalized, fixed_pattern_noise(images[:1], 0.0)[0, 0])
     plt.close(fig)

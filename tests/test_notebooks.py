@@ -7,8 +7,9 @@ from nbclient import NotebookClient
 
 from conftest import ROOT, needs_mnist
 
-# name -> figures it shows; baseline first: the ASAM notebook compares against it
-NOTEBOOKS = {"LeNet-5.ipynb": 7, "LeNet-5_sam_optim.ipynb": 8}
+# name -> figures it shows (the last is the study's headline figure); baseline first: the ASAM notebook compares
+# against it
+NOTEBOOKS = {"LeNet-5.ipynb": 8, "LeNet-5_sam_optim.ipynb": 9}
 OUTPUTS = ["checkpoints/lenet5_baseline.pt", "checkpoints/lenet5_asam.pt", "results/baseline.json",
            "results/asam.json", "results/comparison.json"]
 FIGURES = ["baseline_training", "baseline_confusion", "baseline_misclassified", "baseline_noise", "asam_training",
@@ -33,6 +34,7 @@ def test_notebooks_run_in_quick_mode(tmp_path, monkeypatch):
         assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert figures(nb) == n_figures, f"{name} showed {figures(nb)} figures, expected {n_figures}"
         assert "1 CPU thread" in "".join(str(o) for o in nb.cells[2].outputs)  # notebook_setup: one thread
+        assert "asam - sgd, paired by seed" in "".join(str(o) for o in nb.cells[-1].outputs)  # ends on the answer
     for path in OUTPUTS + [f"results/figures/{name}.png" for name in FIGURES]:
         assert (tmp_path / path).is_file(), path
     sam_text = "".join(str(o) for c in executed["LeNet-5_sam_optim.ipynb"].cells for o in c.get("outputs", []))

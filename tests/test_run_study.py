@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from conftest import HAVE_MNIST, MNIST_ROOT, ROOT, load_script, needs_mnist
-from lenet_utils import DATASETS, MNIST_FILES, STUDY_RECIPES, LeNet5, load_checkpoint
+from lenet_utils import DATASETS, MNIST_FILES, LeNet5, load_checkpoint
+from study.data import QUICK, recipe_for
+from study.recipes import STUDY_RECIPES
 
 FASHION_ROOT = Path(os.environ.get("FASHION_MNIST_ROOT", ROOT / "data"))
 HAVE_FASHION = all((FASHION_ROOT / "FashionMNIST" / "raw" / name).is_file() for name in MNIST_FILES)
@@ -56,7 +58,8 @@ def test_records_hold_history_metrics_and_provenance(serial):
                                    "probe": 128}
         assert len(record["history"]) == 2 and record["threads"] == 1
         assert record["seconds"]["train"] > 0 and record["seconds"]["evaluate"] > 0
-        assert len(record["training_code"]["lenet_utils_sha256"]) == 64
+        assert all(len(record["training_code"][key]) == 64 for key in ("lenet_utils_sha256", "sam_sha256",
+                                                                        "analysis_sha256"))
         assert record["evaluation"]["settings"]["n_probe"] == 128
         assert 0 <= record["metrics"]["clean"] <= 100
         assert ("perturbation_norm" in record) == (config == "asam")
@@ -163,7 +166,7 @@ def test_bad_arguments_are_refused(args, message, capsys):
 def test_resume_refuses_records_of_another_recipe(tmp_path):
     run_study = load_script("run_study")
     record = {"config": "sgd", "seed": 0, "quick": True, "dataset": "mnist",
-              "hyperparameters": {**run_study.recipe_for("sgd", run_study.QUICK).as_dict(), "lr": 0.05}}
+              "hyperparameters": {**recipe_for("sgd", QUICK).as_dict(), "lr": 0.05}}
     (tmp_path / "sgd_seed0.json").write_text(json.dumps(record))
     with pytest.raises(SystemExit, match="another recipe"):
         run_study.plan(run_study.parse_args(["--quick", "--configs", "sgd", "--seeds", "0", "--out", str(tmp_path)]))

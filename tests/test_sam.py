@@ -264,6 +264,26 @@ def test_step_without_closure_raises():
         SAM(model.parameters(), torch.optim.SGD, lr=0.1).step()
 
 
+def test_step_without_closure_after_first_step_is_the_second_step():
+    """``first_step(); backward; step()`` is ``first_step(); backward; second_step()``, bit for bit; the
+    first_step is used up by it, so a further step() without a closure raises again."""
+    model, x, y = make_problem()
+    twin = copy.deepcopy(model)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.2, momentum=0.9)
+    twin_opt = SAM(twin.parameters(), torch.optim.SGD, rho=0.1, lr=0.2, momentum=0.9)
+    for _ in range(2):
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.first_step(zero_grad=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step(zero_grad=True)
+        assert all(p.grad is None for p in model.parameters())
+        explicit_iteration(twin, twin_opt, x, y)
+    assert_bitwise_equal(weights(model.parameters()), weights(twin.parameters()))
+    assert not torch.equal(model[0].weight, make_problem()[0][0].weight)  # it did train
+    with pytest.raises(ValueError, match="closure"):
+        opt.step()
+
+
 # ----------------------------------------------------------------------------- state_dict
 
 BASES = [(torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=1e-3), {"momentum_buffer"}),

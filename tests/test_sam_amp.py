@@ -240,3 +240,23 @@ def test_readme_loop_with_scaler_clipping_and_scheduler_runs_clean():
     assert scaler.get_scale() < 2.0 ** 30  # it did overflow
     assert all(torch.isfinite(p).all() and not torch.equal(p, w0) for p, w0 in zip(model.parameters(), w))
     assert opt.base_optimizer.param_groups[0]["lr"] == sched.get_last_lr()[0]
+
+
+def test_step_closure_with_scaler_equals_explicit_steps():
+    """``step(closure, scaler=...)``: the closure scales its loss, SAM unscales both passes."""
+    model, x, y = make_problem()
+    twin = copy.deepcopy(model)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
+    twin_opt = SAM(twin.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    twin_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+
+    def closure():
+        scaler.scale(loss_fn(model, x, y)).backward()
+
+    for _ in range(3):
+        opt.step(closure, scaler=scaler)
+        sam_step(twin, twin_opt, x, y, twin_scaler)
+    assert scaler.get_scale() == twin_scaler.get_scale()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(p, q)

@@ -140,12 +140,14 @@ def test_m_sharpness_keeps_ranks_identical_while_each_perturbs_with_its_own_grad
             grads = torch.autograd.grad(F.cross_entropy(model(xb), yb), params)
             norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
             with torch.no_grad():
-                torch._foreach_add_(params, torch._foreach_mul(grads, RHO / norm))
+                for p, g in zip(params, grads):
+                    p.add_(g * (RHO / norm))
             torch.testing.assert_close(result["m-sharpness"][0][step], flat(model), rtol=1e-5, atol=1e-6)
             grads = torch.autograd.grad(F.cross_entropy(model(xb), yb), params)
-            torch._foreach_add_(mean_grad, torch._foreach_div(grads, WORLD))
             with torch.no_grad():
-                torch._foreach_copy_(params, w)
+                for p, g, w0, total in zip(params, grads, w, mean_grad):
+                    total.add_(g / WORLD)
+                    p.copy_(w0)
         for p, g in zip(params, mean_grad):
             p.grad = g
         base.step()

@@ -10,8 +10,10 @@ import re
 import pytest
 from scipy import stats
 
+import lenet_utils as L
 from analysis.corruptions import CORRUPTIONS, EXTENDED_CORRUPTIONS
 from conftest import MNIST_ROOT, ROOT, load_script, needs_mnist
+from study import plan, report, verdicts
 
 S = load_script("summarize_study")
 
@@ -65,13 +67,13 @@ def fake_record(config: str, seed: int, accuracy: float = 97.0, shifts: dict | N
 def blocks(dataset: str, text: str = "old") -> str:
     """A README's two study blocks of ``dataset`` (answer, then results), each holding ``text``."""
     return "\n\n".join(f"{begin}\n{text}\n{end}"
-                       for begin, end in (S.readme_markers(dataset, b) for b in ("answer", "results")))
+                       for begin, end in (report.readme_markers(dataset, b) for b in ("answer", "results")))
 
 
 def flat_of(records: list[dict]) -> dict[str, dict[int, dict]]:
     flat: dict[str, dict[int, dict]] = {}
     for r in records:
-        flat.setdefault(r["config"], {})[r["seed"]] = S.flat_metrics(r)
+        flat.setdefault(r["config"], {})[r["seed"]] = plan.flat_metrics(r)
     return flat
 
 
@@ -94,28 +96,28 @@ def rows_by(rows: list[dict], family: str) -> dict[tuple[str, str], dict]:
 
 def test_plan_constants_match_the_plan():
     section = PLAN.split("## Primary endpoints")[1].split("\n## ")[0]
-    assert re.findall(r"^\| `([^`]+)` \|", section, re.M) == list(S.PRIMARY_ENDPOINTS)
+    assert re.findall(r"^\| `([^`]+)` \|", section, re.M) == list(plan.PRIMARY_ENDPOINTS)
     margins = {m: float(v) for m, v in re.findall(r"^\| `([^`]+)` \| ([\d.]+) \|$", PLAN, re.M)}
-    assert margins == {**S.PRIMARY_ENDPOINTS, "clean": S.CLEAN_MARGIN}
+    assert margins == {**plan.PRIMARY_ENDPOINTS, "clean": plan.CLEAN_MARGIN}
     contrasts = lambda text: [tuple(c.split(" - ")) for c in re.findall(r"`([\w.-]+ - [\w.-]+)`", text)]  # noqa: E731
     primary = re.search(r"\*\*Primary family.*?(?=\n- \*\*)", PLAN, re.S).group()
     secondary = re.search(r"\*\*Secondary family.*?(?=\n- \*\*)", PLAN, re.S).group()
-    assert contrasts(primary) == list(S.PRIMARY_CONTRASTS)
-    assert contrasts(secondary) == list(S.SECONDARY_CONTRASTS)
-    assert re.search(r"lower for `(\w+)` than for `(\w+)`", PLAN).groups() == S.MANIPULATION_CHECK[:2]
+    assert contrasts(primary) == list(plan.PRIMARY_CONTRASTS)
+    assert contrasts(secondary) == list(plan.SECONDARY_CONTRASTS)
+    assert re.search(r"lower for `(\w+)` than for `(\w+)`", PLAN).groups() == plan.MANIPULATION_CHECK[:2]
     seeds = PLAN.split("## Seeds")[1].split("\n## ")[0]
     ranges = re.findall(r"seeds (\d+)-(\d+) for", seeds)
-    assert {int(a) for a, _ in ranges} == {S.CONFIRMATORY_FIRST_SEED["mnist"]}
-    assert [int(b) + 1 for _, b in ranges] == [S.PLANNED_SEEDS["mnist"]["asam"], S.PLANNED_SEEDS["mnist"]["*"]]
-    assert S.PLANNED_SEEDS["mnist"]["asam"] == S.PLANNED_SEEDS["mnist"]["sgd"]
+    assert {int(a) for a, _ in ranges} == {plan.CONFIRMATORY_FIRST_SEED["mnist"]}
+    assert [int(b) + 1 for _, b in ranges] == [plan.PLANNED_SEEDS["mnist"]["asam"], plan.PLANNED_SEEDS["mnist"]["*"]]
+    assert plan.PLANNED_SEEDS["mnist"]["asam"] == plan.PLANNED_SEEDS["mnist"]["sgd"]
     fashion = PLAN.split("## Replication on Fashion-MNIST")[1].split("\n## ")[0]
     last, configs, pair_last, *pair = re.search(
         r"\(seeds 0-(\d+), configurations ([\w.,\s-]+); seeds 0-(\d+) for (\w+) and (\w+)\)", fashion).groups()
     planned = {**{c.strip(): int(last) + 1 for c in configs.split(",")}, **{c: int(pair_last) + 1 for c in pair}}
-    assert S.PLANNED_SEEDS["fashion-mnist"] == {**planned, "*": 0}
-    assert int(re.search(r"first confirmatory seed (\d+)", fashion).group(1)) == S.CONFIRMATORY_FIRST_SEED[
+    assert plan.PLANNED_SEEDS["fashion-mnist"] == {**planned, "*": 0}
+    assert int(re.search(r"first confirmatory seed (\d+)", fashion).group(1)) == plan.CONFIRMATORY_FIRST_SEED[
         "fashion-mnist"]
-    assert {float(a) for a in re.findall(r"alpha (0\.\d+)", PLAN)} == {S.ALPHA}
+    assert {float(a) for a in re.findall(r"alpha (0\.\d+)", PLAN)} == {plan.ALPHA}
 
 
 # ----------------------------------------------------------------------------- the plan's tests
@@ -123,11 +125,11 @@ def test_plan_constants_match_the_plan():
 
 def test_plan_results_known_answers():
     records = study(range(20))  # seeds 3-19 confirmatory: n = 17 = planned
-    rows = S.plan_results(flat_of(records), "mnist", confirmatory=True)
+    rows = verdicts.plan_results(flat_of(records), "mnist", confirmatory=True)
     primary = rows_by(rows, "primary")
-    assert set(primary) == {("asam - sgd", m) for m in S.PRIMARY_ENDPOINTS}
+    assert set(primary) == {("asam - sgd", m) for m in plan.PRIMARY_ENDPOINTS}
     assert all(r["n"] == r["planned_n"] == 17 and not r["interim"] for r in primary.values())
-    pixel, corr, pgd = (primary["asam - sgd", m] for m in S.PRIMARY_ENDPOINTS)
+    pixel, corr, pgd = (primary["asam - sgd", m] for m in plan.PRIMARY_ENDPOINTS)
     differences = [KNOWN["pixel_0.6"](s) for s in range(3, 20)]
     assert pixel["mean_difference"] == pytest.approx(sum(differences) / 17)
     assert pixel["verdict"] == "supported (asam > sgd)"
@@ -136,43 +138,43 @@ def test_plan_results_known_answers():
     # Holm by hand over the family's three paired-t p-values
     flat = flat_of([r for r in records if r["seed"] >= 3])
     p = {m: stats.ttest_rel([flat["asam"][s][m] for s in range(3, 20)],
-                            [flat["sgd"][s][m] for s in range(3, 20)]).pvalue for m in S.PRIMARY_ENDPOINTS}
+                            [flat["sgd"][s][m] for s in range(3, 20)]).pvalue for m in plan.PRIMARY_ENDPOINTS}
     order = sorted(p, key=p.get)
     holm, running = {}, 0.0
     for i, m in enumerate(order):
         running = max(running, min(1.0, (3 - i) * p[m]))
         holm[m] = running
-    for m in S.PRIMARY_ENDPOINTS:
+    for m in plan.PRIMARY_ENDPOINTS:
         assert primary["asam - sgd", m]["p"] == pytest.approx(p[m])
         assert primary["asam - sgd", m]["p_holm"] == pytest.approx(holm[m])
     assert pixel["p_holm"] == pytest.approx(3 * p["pixel_0.6"])  # the smallest of three
     # configurations without runs: missing, outside the Holm family
     secondary = rows_by(rows, "secondary")
-    assert len(secondary) == 3 * len(S.SECONDARY_CONTRASTS)
+    assert len(secondary) == 3 * len(plan.SECONDARY_CONTRASTS)
     assert all(r["verdict"].startswith("missing") and "p" not in r for r in secondary.values())
     check = rows_by(rows, "manipulation check")["asam - sgd", "hessian_eigenvalue"]
     assert check["verdict"] == "supported (asam < sgd)" and "p_holm" not in check
-    assert rows_by(rows, "clean accuracy")["asam - sgd", "clean"]["margin"] == S.CLEAN_MARGIN
+    assert rows_by(rows, "clean accuracy")["asam - sgd", "clean"]["margin"] == plan.CLEAN_MARGIN
 
 
 def test_v3_constants_match_the_amendment():
     v3 = PLAN.split("## Amendment v3")[1]
     runs = v3.split("### New runs")[1].split("\n### ")[0]
     rhos = re.search(r"`asam` recipe with rho ([\d.]+), ([\d.]+) and ([\d.]+) \(rho ([\d.]+) is `asam`", runs)
-    assert sorted(map(float, rhos.groups())) == sorted(S.V3_DOSE_CONFIGS.values())
-    assert S.V3_DOSE_CONFIGS["asam"] == 2.0 and all(S.V3_DOSE_CONFIGS[f"asam-{r}"] == float(r)
-                                                   for r in ("0.5", "1.0", "4.0"))
+    assert sorted(map(float, rhos.groups())) == sorted(plan.V3_DOSE_CONFIGS.values())
+    assert plan.V3_DOSE_CONFIGS["asam"] == 2.0 and all(plan.V3_DOSE_CONFIGS[f"asam-{r}"] == float(r)
+                                                       for r in ("0.5", "1.0", "4.0"))
     assert re.search(r"Seeds (\d+)-(\d+)\.", runs).groups() == ("3", "12")
-    assert S.V3_DOSE_SEEDS == range(3, 13)
-    assert "one third of the endpoint's margin" in v3 and S.V3_SLOPE_MARGIN_FRACTION == pytest.approx(1 / 3)
+    assert plan.V3_DOSE_SEEDS == range(3, 13)
+    assert "one third of the endpoint's margin" in v3 and plan.V3_SLOPE_MARGIN_FRACTION == pytest.approx(1 / 3)
     controls = v3.split("### Controls family")[1].split("\n### ")[0]
     found = re.findall(r"^- `([\w.-]+) - ([\w.-]+)`, seeds (\d+)-(\d+)", controls, re.M)
-    assert [(a, b) for a, b, _, _ in found] == list(S.V3_CONTROL_CONTRASTS)
-    assert {(a, b): range(int(lo), int(hi) + 1) for a, b, lo, hi in found} == S.V3_CONTROL_SEEDS
+    assert [(a, b) for a, b, _, _ in found] == list(plan.V3_CONTROL_CONTRASTS)
+    assert {(a, b): range(int(lo), int(hi) + 1) for a, b, lo, hi in found} == plan.V3_CONTROL_SEEDS
     for config in ("asam-0.5", "asam-1.0", "asam-4.0", "swa-0.02"):  # seeds 3-12 as "0..12" with none below 3
-        assert S.planned_seeds("mnist", config) == 13
-    assert S.planned_seeds("mnist", "sam-0.5") == 10 and "radii r 0.5 and 2.0" in v3  # v2's seeds; 10-19 are v3's
-    assert S.V3_ADAPTIVE_SHARPNESS == "adaptive_sharpness_2.0"
+        assert plan.planned_seeds("mnist", config) == 13
+    assert plan.planned_seeds("mnist", "sam-0.5") == 10 and "radii r 0.5 and 2.0" in v3  # v2's seeds; 10-19 are v3's
+    assert plan.V3_ADAPTIVE_SHARPNESS == "adaptive_sharpness_2.0"
 
 
 def v3_study(seeds, slope: dict[str, float]) -> list[dict]:
@@ -181,7 +183,7 @@ def v3_study(seeds, slope: dict[str, float]) -> list[dict]:
     records = []
     for s in seeds:
         records.append(fake_record("sgd", s))
-        for config, rho in S.V3_DOSE_CONFIGS.items():
+        for config, rho in plan.V3_DOSE_CONFIGS.items():
             shifts = {m: k * math.log2(rho) + 0.05 * wiggle(s, int(4 * rho)) for m, k in slope.items()}
             r = fake_record(config, s, shifts=shifts)
             r["metrics"]["hessian"]["eigenvalue"] = 40 / rho * (1 + 0.01 * wiggle(s, 9))
@@ -192,21 +194,21 @@ def v3_study(seeds, slope: dict[str, float]) -> list[dict]:
 def test_v3_dose_response_known_slopes():
     slope = {"pixel_0.6": 1.5, "mnist_c_mean": 0.0, "pgd_0.1": -3.0}  # pgd: asam - sgd at rho 2 is -3
     records = v3_study(range(3, 13), slope)
-    rows = S.plan_results(flat_of(records), "mnist", confirmatory=True)
+    rows = verdicts.plan_results(flat_of(records), "mnist", confirmatory=True)
     dose = {r["metric"]: r for r in rows if r["family"] == "v3 dose-response"}
-    assert set(dose) == set(S.PRIMARY_ENDPOINTS)
+    assert set(dose) == set(plan.PRIMARY_ENDPOINTS)
     for m, k in slope.items():
         assert dose[m]["n"] == 10 and not dose[m]["interim"]
         assert dose[m]["mean_difference"] == pytest.approx(k, abs=0.05)
-        assert dose[m]["margin"] == pytest.approx(S.PRIMARY_ENDPOINTS[m] / 3)
+        assert dose[m]["margin"] == pytest.approx(plan.PRIMARY_ENDPOINTS[m] / 3)
     # pixel: asam - sgd > 0 and the slope > 0; pgd: asam - sgd < 0 and the slope < 0: both effects grow with rho
     assert dose["pixel_0.6"]["verdict"] == dose["pgd_0.1"]["verdict"] == "supported (grows with rho)"
     assert dose["mnist_c_mean"]["verdict"].startswith("no effect")
     # the slope is the least-squares slope of the per-seed differences, tested against 0 (Holm over the family)
-    x = [math.log2(r) for r in S.V3_DOSE_CONFIGS.values()]
+    x = [math.log2(r) for r in plan.V3_DOSE_CONFIGS.values()]
     flat = flat_of(records)
     per_seed = [stats.linregress(x, [flat[c][s]["pixel_0.6"] - flat["sgd"][s]["pixel_0.6"]
-                                     for c in S.V3_DOSE_CONFIGS]).slope for s in range(3, 13)]
+                                     for c in plan.V3_DOSE_CONFIGS]).slope for s in range(3, 13)]
     assert dose["pixel_0.6"]["p"] == pytest.approx(stats.ttest_1samp(per_seed, 0).pvalue)
     assert dose["pixel_0.6"]["p_holm"] >= dose["pixel_0.6"]["p"]
     check = next(r for r in rows if r["family"] == "v3 manipulation check" and r["metric"] == "hessian_eigenvalue")
@@ -215,15 +217,16 @@ def test_v3_dose_response_known_slopes():
     # the controls are missing without their configurations; a seed without every rho leaves the slope test
     assert all(r["verdict"].startswith("missing") for r in rows if r["family"] == "v3 controls")
     fewer = [r for r in records if not (r["config"] == "asam-4.0" and r["seed"] == 3)]
-    dose = {r["metric"]: r for r in S.plan_results(flat_of(fewer), "mnist", True) if r["family"] == "v3 dose-response"}
+    dose = {r["metric"]: r for r in verdicts.plan_results(flat_of(fewer), "mnist", True)
+            if r["family"] == "v3 dose-response"}
     assert dose["pixel_0.6"]["n"] == 9 and dose["pixel_0.6"]["interim"]
-    assert "The v3 amendment" in S.plan_answer("mnist", S.plan_results(flat_of(fewer), "mnist", True))
+    assert "The v3 amendment" in report.plan_answer("mnist", verdicts.plan_results(flat_of(fewer), "mnist", True))
 
 
 def test_v3_controls_use_their_own_seeds():
     records = [fake_record(c, s, shifts={"pixel_0.6": 3.0 * (c == "asam") + 0.3 * wiggle(s, 7)})
                for s in range(0, 20) for c in ("sgd", "asam", "sam-0.5", "swa-0.02")]
-    rows = [r for r in S.plan_results(flat_of(records), "mnist", True) if r["family"] == "v3 controls"]
+    rows = [r for r in verdicts.plan_results(flat_of(records), "mnist", True) if r["family"] == "v3 controls"]
     by = {(r["contrast"], r["metric"]): r for r in rows}
     assert len(rows) == 9 and all(not r["interim"] for r in rows)
     assert by["asam - sam-0.5", "pixel_0.6"]["seeds"] == list(range(10, 20))
@@ -231,34 +234,34 @@ def test_v3_controls_use_their_own_seeds():
     assert by["asam - swa-0.02", "pixel_0.6"]["seeds"] == list(range(3, 13))
     assert by["asam - sam-0.5", "pixel_0.6"]["verdict"] == "supported (asam > sam-0.5)"
     assert all("p_holm" in r for r in rows)
-    v2 = rows_by(S.plan_results(flat_of(records), "mnist", True), "secondary")["sam-0.5 - sgd", "pixel_0.6"]
+    v2 = rows_by(verdicts.plan_results(flat_of(records), "mnist", True), "secondary")["sam-0.5 - sgd", "pixel_0.6"]
     assert v2["seeds"] == list(range(3, 10))  # the v2 family keeps its planned seeds
-    sensitivity = S.plan_results(flat_of(records), "mnist", confirmatory=False)
+    sensitivity = verdicts.plan_results(flat_of(records), "mnist", confirmatory=False)
     assert not any(r["family"].startswith("v3") for r in sensitivity)
 
 
 def test_seeds_0_to_2_are_sensitivity_only_and_interim():
     flat = flat_of(study(range(3)))
-    confirmatory = S.plan_results(flat, "mnist", confirmatory=True)
+    confirmatory = verdicts.plan_results(flat, "mnist", confirmatory=True)
     assert confirmatory and all(r["verdict"].startswith("missing") for r in confirmatory)
     assert all(r["n"] == 0 for r in confirmatory)
-    tested = [r for r in S.plan_results(flat, "mnist", confirmatory=False) if "p" in r]
-    assert {(r["family"], r["metric"]) for r in tested} >= {("primary", m) for m in S.PRIMARY_ENDPOINTS}
+    tested = [r for r in verdicts.plan_results(flat, "mnist", confirmatory=False) if "p" in r]
+    assert {(r["family"], r["metric"]) for r in tested} >= {("primary", m) for m in plan.PRIMARY_ENDPOINTS}
     assert all(r["n"] == 3 and r["planned_n"] == 20 and r["interim"] for r in tested)
-    assert "(interim)" in S.plan_table(tested)
+    assert "(interim)" in report.plan_table(tested)
 
 
 def test_a_holm_family_stays_interim_until_every_test_in_it_is_complete():
     """Holm over part of a family understates the adjusted p-values: complete contrasts inside an
     incomplete family are interim; they are final once every planned contrast has its seeds."""
     controls = [fake_record(c, s) for c in ("sgd-2x", "swa") for s in range(10)]
-    rows = S.plan_results(flat_of(study(range(20)) + controls), "mnist", confirmatory=True)
+    rows = verdicts.plan_results(flat_of(study(range(20)) + controls), "mnist", confirmatory=True)
     secondary = rows_by(rows, "secondary")
     tested = [r for r in secondary.values() if "p" in r]
     assert {r["contrast"] for r in tested} == {"asam - sgd-2x", "asam - swa"}
     assert all(r["n"] == r["planned_n"] == 7 and r["interim"] for r in tested)
     assert not any(r["interim"] for r in rows_by(rows, "primary").values())  # the primary family is complete
-    answer = S.plan_answer("mnist", rows)
+    answer = report.plan_answer("mnist", rows)
     assert answer.count("The secondary family on mnist (interim: Holm over the tests that exist so far") == 1
     assert "15 planned tests, Holm-adjusted together):" in answer
     assert "- `asam - sgd-2x` (n = 7 of 7 planned seeds):\n  - pixel σ=0.6: **" in answer
@@ -268,22 +271,23 @@ def test_a_holm_family_stays_interim_until_every_test_in_it_is_complete():
     assert ("Not yet run with two confirmatory seeds: `sam-0.05 - sgd`, `sam-0.5 - sgd`, "
             "`adam-sam - baseline`.") in answer
     others = [fake_record(c, s) for c in ("baseline", "adam-sam", "sam-0.05", "sam-0.5") for s in range(10)]
-    rows = S.plan_results(flat_of(study(range(20)) + controls + others[:-1]), "mnist", True)  # sam-0.5 lacks seed 9
+    # sam-0.5 lacks seed 9
+    rows = verdicts.plan_results(flat_of(study(range(20)) + controls + others[:-1]), "mnist", True)
     assert all("p" in r and r["interim"] and "p_holm_bound" not in r for r in rows_by(rows, "secondary").values())
     assert ("The secondary family on mnist (interim: every planned test exists, but not yet with all of its planned "
-            "seeds") in S.plan_answer("mnist", rows)
-    rows = S.plan_results(flat_of(study(range(20)) + controls + others), "mnist", True)
+            "seeds") in report.plan_answer("mnist", rows)
+    rows = verdicts.plan_results(flat_of(study(range(20)) + controls + others), "mnist", True)
     complete = rows_by(rows, "secondary")
-    assert len(complete) == 3 * len(S.SECONDARY_CONTRASTS)
+    assert len(complete) == 3 * len(plan.SECONDARY_CONTRASTS)
     assert all("p" in r and not r["interim"] and "p_holm_bound" not in r for r in complete.values())
-    answer = S.plan_answer("mnist", rows)
+    answer = report.plan_answer("mnist", rows)
     assert "The secondary family on mnist (final; 15 planned tests" in answer and "Not yet run" not in answer
-    assert answer.count("  - MNIST-C mean: **") == len(S.SECONDARY_CONTRASTS)
+    assert answer.count("  - MNIST-C mean: **") == len(plan.SECONDARY_CONTRASTS)
 
 
 def test_plan_answer_states_each_verdict_and_the_rule():
     flat = flat_of(study(range(20)))
-    answer = S.plan_answer("mnist", S.plan_results(flat, "mnist", confirmatory=True))
+    answer = report.plan_answer("mnist", verdicts.plan_results(flat, "mnist", confirmatory=True))
     assert answer.startswith("**The plan's answer on mnist** (final: all 17 planned seeds;")
     assert "- pixel σ=0.6: **supported (asam > sgd)**, +2.0" in answer
     assert "- MNIST-C mean: **no effect (equivalent within ±1)**" in answer
@@ -293,17 +297,18 @@ def test_plan_answer_states_each_verdict_and_the_rule():
     assert "The manipulation check holds" in answer
     for s in range(3, 20):  # asam now as sharp as sgd, plus a little: the check fails
         flat["asam"][s]["hessian_eigenvalue"] = flat["sgd"][s]["hessian_eigenvalue"] + 1 + 0.1 * wiggle(s)
-    answer = S.plan_answer("mnist", S.plan_results(flat, "mnist", confirmatory=True))
+    answer = report.plan_answer("mnist", verdicts.plan_results(flat, "mnist", confirmatory=True))
     assert "- λ_max (Hessian): **supported (asam > sgd)**" in answer
     assert "check is not met (supported (asam > sgd))" in answer
-    interim = S.plan_answer("mnist", S.plan_results(flat_of(study(range(6))), "mnist", confirmatory=True))
+    interim = report.plan_answer("mnist", verdicts.plan_results(flat_of(study(range(6))), "mnist", confirmatory=True))
     assert interim.startswith("**The plan's answer on mnist** (interim: n = 3 of the 17 planned seeds")
-    assert "none yet" in S.plan_answer("mnist", S.plan_results(flat_of(study(range(3))), "mnist", confirmatory=True))
+    assert "none yet" in report.plan_answer("mnist", verdicts.plan_results(flat_of(study(range(3))), "mnist",
+                                                                           confirmatory=True))
 
 
 def test_fashion_mnist_seeds_are_all_confirmatory_and_unplanned_contrasts_left_out(tmp_path):
     records = study(range(5)) + [fake_record(c, s) for c in ("sam-0.05", "adam-sam", "baseline") for s in range(5)]
-    rows = S.plan_results(flat_of(records), "fashion-mnist", confirmatory=True)
+    rows = verdicts.plan_results(flat_of(records), "fashion-mnist", confirmatory=True)
     primary = rows_by(rows, "primary")
     assert all(r["n"] == 5 and r["planned_n"] == 8 and r["interim"] for r in primary.values())
     assert not any("p_holm_bound" in r for r in primary.values())  # every test exists: only seeds are missing
@@ -324,11 +329,11 @@ def test_fashion_mnist_seeds_are_all_confirmatory_and_unplanned_contrasts_left_o
 def test_identical_paired_values_stay_out_of_holm():
     records = [fake_record("sgd", s) for s in range(3, 8)]
     records += [fake_record("asam", s, shifts={"pgd_0.1": KNOWN["pgd_0.1"](s)}) for s in range(3, 8)]
-    primary = rows_by(S.plan_results(flat_of(records), "mnist", confirmatory=True), "primary")
+    primary = rows_by(verdicts.plan_results(flat_of(records), "mnist", confirmatory=True), "primary")
     pgd, pixel = primary["asam - sgd", "pgd_0.1"], primary["asam - sgd", "pixel_0.6"]
     assert math.isnan(pixel["p"]) and math.isnan(pixel["p_holm"]) and pixel["verdict"].startswith("no effect")
     assert pgd["p_holm"] == pgd["p"] and pgd["verdict"] == "inconclusive"  # a family of one test
-    assert "| nan" not in S.plan_table(list(primary.values()))
+    assert "| nan" not in report.plan_table(list(primary.values()))
 
 
 def test_an_endpoint_at_the_floor_is_flagged_and_identical_values_read_as_such():
@@ -337,13 +342,13 @@ def test_an_endpoint_at_the_floor_is_flagged_and_identical_values_read_as_such()
     records = [fake_record(c, s) for c in ("sgd", "asam") for s in range(3, 8)]
     for r in records:
         r["metrics"]["adversarial"]["pgd"]["0.1"] = 0.0
-    rows = S.plan_results(flat_of(records), "mnist", confirmatory=True)
+    rows = verdicts.plan_results(flat_of(records), "mnist", confirmatory=True)
     primary = rows_by(rows, "primary")
     pgd = primary["asam - sgd", "pgd_0.1"]
     assert pgd["floor"] and pgd["verdict"] == "no effect (equivalent within ±2)" and math.isnan(pgd["p"])
     assert not any(r["floor"] for (_, m), r in primary.items() if m != "pgd_0.1")
-    assert "no effect (equivalent within ±2) (at the floor) (interim)" in S.plan_table(list(primary.values()))
-    answer = S.plan_answer("mnist", rows)
+    assert "no effect (equivalent within ±2) (at the floor) (interim)" in report.plan_table(list(primary.values()))
+    answer = report.plan_answer("mnist", rows)
     assert ("- PGD ε=0.1 (at the floor: every run <= 1 %): **no effect (equivalent within ±2)**, +0.00 [+0.00, +0.00] "
             "(identical on every seed, no t test; p (sign-flip) = 1.000; TOST p < 0.001 against ±2).") in answer
     assert "= -" not in answer
@@ -354,13 +359,13 @@ def test_a_supported_difference_inside_the_margin_is_flagged():
     inside the ±2 margin; the summary says both (as for Fashion-MNIST's PGD and MNIST's clean accuracy)."""
     records = [fake_record("sgd", s) for s in range(3, 10)]
     records += [fake_record("asam", s, shifts={"pgd_0.1": 0.2 + 0.01 * wiggle(s, 7)}) for s in range(3, 10)]
-    rows = S.plan_results(flat_of(records), "mnist", confirmatory=True)
+    rows = verdicts.plan_results(flat_of(records), "mnist", confirmatory=True)
     primary = rows_by(rows, "primary")
     pgd = primary["asam - sgd", "pgd_0.1"]
-    assert pgd["verdict"] == "supported (asam > sgd)" and pgd["p_equivalence"] < S.ALPHA
-    assert not any(S.inside_margin(r) for (_, m), r in primary.items() if m != "pgd_0.1")
-    assert "supported (asam > sgd) (inside the margin) (interim)" in S.plan_table(list(primary.values()))
-    answer = S.plan_answer("mnist", rows)
+    assert pgd["verdict"] == "supported (asam > sgd)" and pgd["p_equivalence"] < plan.ALPHA
+    assert not any(report.inside_margin(r) for (_, m), r in primary.items() if m != "pgd_0.1")
+    assert "supported (asam > sgd) (inside the margin) (interim)" in report.plan_table(list(primary.values()))
+    answer = report.plan_answer("mnist", rows)
     assert "- PGD ε=0.1 (inside the ±2 margin): **supported (asam > sgd)**, +0.20 [" in answer
     assert "more robust than `sgd` on: PGD ε=0.1 (inside the ±2 margin);" in answer
     assert "TOST p < 0.001 against ±2)." in answer
@@ -374,15 +379,16 @@ def test_an_unconverged_eigenvalue_is_left_out_and_named():
     sgd["metrics"]["hessian"] |= {"eigenvalue": 1e-4, "converged": False}
     flat = flat_of(records)
     assert "hessian_eigenvalue" not in flat["sgd"][4] and "clean" in flat["sgd"][4]
-    check = next(r for r in S.plan_results(flat, "mnist", confirmatory=True) if r["family"] == "manipulation check")
+    check = next(r for r in verdicts.plan_results(flat, "mnist", confirmatory=True)
+                 if r["family"] == "manipulation check")
     assert check["n"] == 5 and check["planned_n"] == 17
-    configs, paired = S.exploratory(flat)
+    configs, paired = verdicts.exploratory(flat)
     assert configs["sgd"]["hessian_eigenvalue"]["seeds"] == [3, 5, 6, 7, 8]
     assert paired["asam - sgd"]["hessian_eigenvalue"]["seeds"] == [3, 5, 6, 7, 8]
     assert paired["asam - sgd"]["clean"]["n"] == 6
     runs = {c: {r["seed"]: r for r in records if r["config"] == c} for c in ("sgd", "asam")}
-    assert "λ_max is left out for sgd seed 4: the power iteration did not converge" in S.provenance(runs)
-    assert "left out" not in S.provenance({"asam": runs["asam"]})
+    assert "λ_max is left out for sgd seed 4: the power iteration did not converge" in report.provenance(runs)
+    assert "left out" not in report.provenance({"asam": runs["asam"]})
 
 
 # ----------------------------------------------------------------------------- records
@@ -397,16 +403,16 @@ def write(folder, records):
 
 def test_unevaluated_records_are_left_out_with_a_note(tmp_path, capsys):
     trained = {k: v for k, v in fake_record("sgd", 4).items() if k not in ("metrics", "evaluation")}
-    runs = S.load_runs(write(tmp_path, [fake_record("asam", 3), fake_record("sgd", 3), trained]))
+    runs = plan.load_runs(write(tmp_path, [fake_record("asam", 3), fake_record("sgd", 3), trained]))
     assert {c: list(s) for c, s in runs.items()} == {"sgd": [3], "asam": [3]}  # study order
     assert "sgd-seed4.json is trained but not evaluated" in capsys.readouterr().out
 
 
 def test_different_evaluation_code_warns(tmp_path, capsys):
-    same = S.load_runs(write(tmp_path / "a", [fake_record("asam", 3), fake_record("sgd", 3)]))
-    assert S.check_consistency(same) == []  # the git commit alone may differ
+    same = plan.load_runs(write(tmp_path / "a", [fake_record("asam", 3), fake_record("sgd", 3)]))
+    assert plan.check_consistency(same) == []  # the git commit alone may differ
     mixed = write(tmp_path / "b", [fake_record("asam", 3), fake_record("sgd", 3, code="other")])
-    assert any("different evaluation code" in w for w in S.check_consistency(S.load_runs(mixed)))
+    assert any("different evaluation code" in w for w in plan.check_consistency(plan.load_runs(mixed)))
     S.main(["--study-dir", str(mixed), "--out-dir", str(tmp_path / "out")])
     assert "WARNING: the records were evaluated with different evaluation code" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "study_summary.json").read_text())["warnings"]
@@ -422,7 +428,7 @@ def test_main_end_to_end(tmp_path):
     # swa only has seeds 0-1: "asam - swa" shares no seeds with asam's 3-6
     records = study(range(3, 7)) + [fake_record("swa", s) for s in (0, 1)]
     study_dir, out = write(tmp_path / "study", records), tmp_path / "out"
-    (answer_begin, answer_end), (begin, end) = (S.readme_markers("mnist", b) for b in ("answer", "results"))
+    (answer_begin, answer_end), (begin, end) = (report.readme_markers("mnist", b) for b in ("answer", "results"))
     other = blocks("fashion-mnist", "keep")
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\n{answer_begin}\nold answer\n{answer_end}\n\nbefore\n\n"
@@ -469,7 +475,7 @@ def test_main_end_to_end(tmp_path):
 def test_readme_without_markers_is_refused_and_untouched(tmp_path, present, missing):
     study_dir = write(tmp_path / "study", study(range(3, 5)))
     readme = tmp_path / "README.md"
-    text = "# one block only\n" + ("\n".join(S.readme_markers("mnist", present)) if present else "")
+    text = "# one block only\n" + ("\n".join(report.readme_markers("mnist", present)) if present else "")
     readme.write_text(text)
     with pytest.raises(ValueError, match=f"study-{missing}:mnist:begin"):
         S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--report", str(readme)])
@@ -478,7 +484,7 @@ def test_readme_without_markers_is_refused_and_untouched(tmp_path, present, miss
 
 def test_quick_records_are_refused_for_the_readme(tmp_path):
     study_dir = write(tmp_path / "study", study(range(3, 5)) + [fake_record("sgd", 5, quick=True)])
-    begin, end = S.readme_markers("mnist")
+    begin, end = report.readme_markers("mnist")
     readme = tmp_path / "README.md"
     readme.write_text(f"{begin}\nold\n{end}\n")
     with pytest.raises(SystemExit, match="QUICK"):
@@ -497,10 +503,10 @@ def test_compare_with_an_earlier_study(tmp_path):
         old["history"][1]["train_loss"] = loss
         old["metrics"]["clean"] -= 0.5
         (tmp_path / f"{config}_seed0.json").write_text(json.dumps(old))
-    table = S.compare_with(tmp_path, new)
+    table = report.compare_with(tmp_path, new)
     assert "| asam | 0 | identical | 0.0e+00 | +0.50 | +0.00 | +0.00 |" in table
     assert "| sgd | 0 | differs from epoch 2 | 1.7e-01 |" in table
-    assert "no run" in S.compare_with(tmp_path / "empty", new)
+    assert "no run" in report.compare_with(tmp_path / "empty", new)
 
 
 @needs_mnist
@@ -539,16 +545,16 @@ def test_the_blocks_are_the_summary_of_the_committed_records(tmp_path, monkeypat
 
 
 def generated(text: str, blocks: tuple[str, ...]) -> str:
-    return "".join(text.split(begin)[1].split(end)[0] for dataset in S.L.DATASETS
-                   for begin, end in (S.readme_markers(dataset, block) for block in blocks))
+    return "".join(text.split(begin)[1].split(end)[0] for dataset in L.DATASETS
+                   for begin, end in (report.readme_markers(dataset, block) for block in blocks))
 
 
 def hand_written(text: str, blocks: tuple[str, ...]) -> str:
     """``text`` without its generated blocks and without the notebooks' reproduction section (its numbers are
     the notebooks' own, checked by the notebooks' committed outputs)."""
-    for dataset in S.L.DATASETS:
+    for dataset in L.DATASETS:
         for block in blocks:
-            begin, end = S.readme_markers(dataset, block)
+            begin, end = report.readme_markers(dataset, block)
             text = text.split(begin)[0] + text.split(end)[1]
     return text
 
@@ -576,7 +582,7 @@ def test_every_number_of_the_hand_written_text_has_a_source():
 def test_the_readme_answer_table_has_a_verdict_per_cell(tmp_path):
     study_dir = write(tmp_path / "study", study(range(20)))
     readme = tmp_path / "README.md"
-    begin, end = S.readme_markers("mnist", "headline")
+    begin, end = report.readme_markers("mnist", "headline")
     readme.write_text(f"{begin}\nold\n{end}\n")
     S.main(["--study-dir", str(study_dir), "--out-dir", str(tmp_path / "out"), "--readme", str(readme)])
     table = readme.read_text()

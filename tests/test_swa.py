@@ -1,23 +1,26 @@
-"""The study's control recipes sgd-2x and swa: sgd-2x's schedule, Recipe.fit with stochastic weight
-averaging (averaged weights, SWALR's lrs, the shuffle shared with a plain run, counting across both
-phases, BatchNorm), the SWA fields' validation, and as_dict unchanged for every earlier recipe."""
+"""The study's control recipes sgd-2x and swa (study/recipes.py): sgd-2x's schedule, SWARecipe.fit with
+stochastic weight averaging (averaged weights, SWALR's lrs, the shuffle shared with a plain run, counting
+across both phases, BatchNorm), with_swa, the SWA fields' validation, and as_dict unchanged for every
+earlier recipe."""
 
 import json
 import math
-from dataclasses import replace
+import re
+from dataclasses import fields, replace
 
 import pytest
 import torch
 from torch import nn
 
 from conftest import load_script
-from lenet_utils import ASAM, BASELINE, STUDY_RECIPES, SWA_ANNEAL_EPOCHS, SWA_ANNEAL_STRATEGY, Recipe, minibatch_indices
+from lenet_utils import ASAM, BASELINE, Recipe, minibatch_indices
+from study.data import QUICK, recipe_for
+from study.recipes import SGD, STUDY_RECIPES, SWA_ANNEAL_EPOCHS, SWA_ANNEAL_STRATEGY, SWARecipe, with_swa
 
 # A tiny SWA recipe: 80 images in batches of 16 (5 steps an epoch), 16 epochs, lr 0.2 times 0.25 at
 # epochs 4 and 8 (x0.25 each); SWA over epochs 9-16 at a target lr of 0.01 (from 0.2 * 0.25 ** 2).
-TINY = Recipe("sgd", lr=0.2, batch_size=16, epochs=16, momentum=0.9, lr_milestones=(0.25, 0.5), lr_gamma=0.25,
-              swa_start=0.5, swa_lr=0.01)
-PLAIN = replace(TINY, swa_start=None, swa_lr=None)
+PLAIN = Recipe("sgd", lr=0.2, batch_size=16, epochs=16, momentum=0.9, lr_milestones=(0.25, 0.5), lr_gamma=0.25)
+TINY = with_swa(PLAIN, swa_start=0.5, swa_lr=0.01)
 START = 8  # round(0.5 * 16)
 
 # The fields Recipe had before SWA: every earlier recipe's as_dict() has exactly these keys.
@@ -55,6 +58,7 @@ def fit_recording(recipe, images, labels, seed=0, model=None):
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler\.step\(\)`")  # no optimizer steps here
 def test_sgd_2x_is_sgd_for_160_epochs_with_milestones_at_48_96_128():
     sgd, sgd_2x = STUDY_RECIPES["sgd"], STUDY_RECIPES["sgd-2x"]
+    assert sgd is SGD and sgd == replace(ASAM, sam_rho=None, sam_adaptive=False)
     assert sgd_2x == replace(sgd, epochs=160) and sgd.epochs == 80
     optimizer = sgd_2x.make_optimizer(linear_model().parameters())
     scheduler = sgd_2x.make_scheduler(optimizer)
@@ -71,8 +75,10 @@ def test_sgd_2x_is_sgd_for_160_epochs_with_milestones_at_48_96_128():
 @pytest.mark.filterwarnings(r"ignore:Detected call of `lr_scheduler\.step\(\)`")
 def test_swa_recipe_averages_the_last_20_of_sgds_80_epochs_at_the_lr_sgd_has_there():
     sgd, swa = STUDY_RECIPES["sgd"], STUDY_RECIPES["swa"]
-    assert swa == replace(sgd, swa_start=0.75, swa_lr=0.004)
-    assert swa.swa_epochs() == 20 and sgd.swa_epochs() == 0
+    assert swa == with_swa(sgd, swa_start=0.75, swa_lr=0.004)
+    assert swa.as_dict() == {**sgd.as_dict(), "swa_start": 0.75, "swa_lr": 0.004}  # sgd's settings, plus SWA
+    assert isinstance(swa, SWARecipe) and not isinstance(sgd, SWARecipe) and not hasattr(sgd, "swa_epochs")
+    assert swa.swa_epochs() == 20
     optimizer = swa.make_optimizer(linear_model().parameters())
     scheduler = swa.make_scheduler(optimizer)
     for _ in range(80 - 20):
@@ -84,6 +90,7 @@ def test_swa_recipe_averages_the_last_20_of_sgds_80_epochs_at_the_lr_sgd_has_the
 
 def test_earlier_recipes_as_dict_is_unchanged():
     assert set(RECIPES_BEFORE_SWA) | {"sgd-2x", "swa", *V3_RECIPES} == set(STUDY_RECIPES)
+    assert [f.name for f in fields(Recipe)] == FIELDS_BEFORE_SWA  # the SWA fields are SWARecipe's alone
     for name in RECIPES_BEFORE_SWA:
         recipe = STUDY_RECIPES[name]
         assert list(recipe.as_dict()) == FIELDS_BEFORE_SWA, name
@@ -105,7 +112,7 @@ def test_resume_accepts_records_written_before_the_swa_fields(tmp_path):
     recipe for run_study's resume check; a swa record lacking them is not."""
     run_study = load_script("run_study")
     for name in ("sgd", "swa"):
-        recipe = run_study.recipe_for(name, run_study.QUICK)
+        recipe = recipe_for(name, QUICK)
         old = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(recipe).items() if k in FIELDS_BEFORE_SWA}
         record = {"config": name, "seed": 0, "quick": True, "dataset": "mnist", "hyperparameters": old}
         (tmp_path / f"{name}_seed0.json").write_text(json.dumps(record))
@@ -118,25 +125,55 @@ def test_resume_accepts_records_written_before_the_swa_fields(tmp_path):
 # ----------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("swa_start, swa_lr, message", [
-    (0, 0.01, "swa_start is a fraction"), (1, 0.01, "swa_start is a fraction"),
-    (1.5, 0.01, "swa_start is a fraction"), (-0.25, 0.01, "swa_start is a fraction"),
-    (math.nan, 0.01, "swa_start is a fraction"), (True, 0.01, "swa_start is a fraction"),
-    ("0.5", 0.01, "swa_start is a fraction"),
-    (0.75, 0, "swa_lr must be a number > 0"), (0.75, -0.01, "swa_lr must be a number > 0"),
-    (0.75, math.inf, "swa_lr must be a number > 0"), (0.75, "0.01", "swa_lr must be a number > 0"),
-    (None, 0.01, "go together"), (0.75, None, "go together"),
+START_RANGE = "swa_start must be finite and > 0 and < 1, got"
+LR_RANGE = "swa_lr must be finite and > 0, got"
+
+
+@pytest.mark.parametrize("swa_start, swa_lr, error, message", [
+    (0, 0.01, ValueError, f"{START_RANGE} 0"), (1, 0.01, ValueError, f"{START_RANGE} 1"),
+    (1.5, 0.01, ValueError, f"{START_RANGE} 1.5"), (-0.25, 0.01, ValueError, f"{START_RANGE} -0.25"),
+    (math.nan, 0.01, ValueError, f"{START_RANGE} nan"),
+    (True, 0.01, TypeError, "swa_start must be a real number, got bool"),
+    ("0.5", 0.01, TypeError, "swa_start must be a real number, got str"),
+    (None, 0.01, TypeError, "swa_start must be a real number, got NoneType"),
+    (0.75, 0, ValueError, f"{LR_RANGE} 0"), (0.75, -0.01, ValueError, f"{LR_RANGE} -0.01"),
+    (0.75, math.inf, ValueError, f"{LR_RANGE} inf"),
+    (0.75, "0.01", TypeError, "swa_lr must be a real number, got str"),
+    (0.75, None, TypeError, "swa_lr must be a real number, got NoneType"),
 ])
-def test_bad_swa_fields_raise(swa_start, swa_lr, message):
-    with pytest.raises(ValueError, match=message):
-        replace(STUDY_RECIPES["sgd"], swa_start=swa_start, swa_lr=swa_lr)
-    with pytest.raises(ValueError, match=message):
-        Recipe("adam", lr=1e-3, batch_size=32, epochs=30, swa_start=swa_start, swa_lr=swa_lr)
+def test_bad_swa_fields_raise(swa_start, swa_lr, error, message):
+    pattern = re.escape(message) + "$"
+    with pytest.raises(error, match=pattern):
+        with_swa(STUDY_RECIPES["sgd"], swa_start=swa_start, swa_lr=swa_lr)
+    with pytest.raises(error, match=pattern):
+        replace(STUDY_RECIPES["swa"], swa_start=swa_start, swa_lr=swa_lr)
+    with pytest.raises(error, match=pattern):
+        SWARecipe("adam", lr=1e-3, batch_size=32, epochs=30, swa_start=swa_start, swa_lr=swa_lr)
+
+
+def test_swa_fields_belong_to_swa_recipe_alone_and_are_keyword_only():
+    with pytest.raises(TypeError, match="swa_start"):
+        Recipe("adam", lr=1e-3, batch_size=32, epochs=30, swa_start=0.5, swa_lr=1e-4)
+    with pytest.raises(TypeError, match="swa_start"):
+        SWARecipe("adam", lr=1e-3, batch_size=32, epochs=30)  # no defaults: an SWARecipe averages
+    with pytest.raises(TypeError, match="swa_start"):
+        replace(BASELINE, swa_start=0.5)
+    with pytest.raises(ValueError, match="optimizer must be 'adam' or 'sgd'"):  # Recipe's own checks still run
+        SWARecipe("rmsprop", lr=1e-3, batch_size=32, epochs=30, swa_start=0.5, swa_lr=1e-4)
+
+
+def test_with_swa_keeps_every_setting_of_the_recipe():
+    for recipe in (BASELINE, ASAM, SGD, replace(SGD, noise_max_sigma=0.6, epochs=7)):
+        swa = with_swa(recipe, swa_start=0.5, swa_lr=1e-4)
+        assert type(swa) is SWARecipe and (swa.swa_start, swa.swa_lr) == (0.5, 1e-4)
+        assert all(getattr(swa, f.name) == getattr(recipe, f.name) for f in fields(Recipe))
+    assert TINY == SWARecipe("sgd", lr=0.2, batch_size=16, epochs=16, momentum=0.9, lr_milestones=(0.25, 0.5),
+                             lr_gamma=0.25, swa_start=0.5, swa_lr=0.01)
 
 
 def test_good_swa_fields_are_accepted():
-    assert replace(BASELINE, swa_start=0.5, swa_lr=1e-4).swa_epochs() == 15
-    assert replace(ASAM, swa_start=0.01, swa_lr=1).swa_epochs() == 79
+    assert with_swa(BASELINE, swa_start=0.5, swa_lr=1e-4).swa_epochs() == 15
+    assert with_swa(ASAM, swa_start=0.01, swa_lr=1).swa_epochs() == 79
 
 
 # ----------------------------------------------------------------------------- Recipe.fit with SWA
@@ -243,5 +280,5 @@ def test_v3_recipes_change_one_setting_each():
         assert STUDY_RECIPES[name] == replace(ASAM, sam_rho=rho)
         assert list(STUDY_RECIPES[name].as_dict()) == FIELDS_BEFORE_SWA
     sgd = STUDY_RECIPES["sgd"]
-    assert STUDY_RECIPES["swa-0.02"] == replace(sgd, swa_start=0.75, swa_lr=sgd.lr / 5)
+    assert STUDY_RECIPES["swa-0.02"] == with_swa(sgd, swa_start=0.75, swa_lr=sgd.lr / 5)
     assert STUDY_RECIPES["swa-0.02"].swa_epochs() == 20

@@ -1,5 +1,7 @@
 """train() and random_gaussian_noise on tiny data (a linear model keeps the CPU time small)."""
 
+import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -8,7 +10,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import reference_step
-from lenet_utils import ASAM, SAM, LeNet5, evaluate, minibatch_indices, random_gaussian_noise, train
+from lenet_utils import (
+    ASAM,
+    BASELINE,
+    SAM,
+    LeNet5,
+    as_generator,
+    check_number,
+    evaluate,
+    has_batchnorm,
+    minibatch_indices,
+    random_gaussian_noise,
+    train,
+)
 
 
 def linear_model(seed: int = 0) -> nn.Module:
@@ -258,14 +272,22 @@ def test_reduction_sum_scales_the_gradient(tiny_digits):
 # ----------------------------------------------------------------------------- arguments, transforms
 
 
-@pytest.mark.parametrize("kwargs", [dict(epochs=0), dict(epochs=-1), dict(batch_size=0),
-                                    dict(reduction="max"), dict(reduction="none")])
-def test_bad_arguments_raise_before_training(tiny_digits, kwargs):
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(epochs=0), ValueError, "epochs must be finite and >= 1, got 0"),
+    (dict(epochs=-1), ValueError, "epochs must be finite and >= 1, got -1"),
+    (dict(batch_size=0), ValueError, "batch_size must be finite and >= 1, got 0"),
+    (dict(epochs=1.5), TypeError, "epochs must be an int, got float"),
+    (dict(epochs=True), TypeError, "epochs must be an int, got bool"),
+    (dict(batch_size=16.0), TypeError, "batch_size must be an int, got float"),
+    (dict(batch_size="16"), TypeError, "batch_size must be an int, got str"),
+    (dict(reduction="max"), ValueError, "reduction must be 'mean' or 'sum'"),
+    (dict(reduction="none"), ValueError, "reduction must be 'mean' or 'sum'")])
+def test_bad_arguments_raise_before_training(tiny_digits, kwargs, error, message):
     images, labels = tiny_digits
     model = linear_model()
     before = state(model)
     arguments = dict(epochs=1, batch_size=16, progress=False) | kwargs
-    with pytest.raises(ValueError):
+    with pytest.raises(error, match=re.escape(message)):
         train(model, torch.optim.SGD(model.parameters(), lr=0.1), images, labels, **arguments)
     assert all(torch.equal(a, b) for a, b in zip(state(model), before))
 
@@ -312,3 +334,50 @@ def test_random_gaussian_noise():
     assert per_image.max() / per_image.min() < 1.5
     generator = torch.Generator().manual_seed(1)
     assert torch.equal(random_gaussian_noise(images, generator, max_sigma=0.0), images)
+
+
+# ----------------------------------------------------------------------------- helpers: checks, generators, recipes
+
+
+@pytest.mark.parametrize("value, bounds, error, message", [
+    (2, dict(low=0, high=1), ValueError, "x must be finite and >= 0 and <= 1, got 2"),
+    (0, dict(low=0, inclusive=False), ValueError, "x must be finite and > 0, got 0"),
+    (5, dict(high=4), ValueError, "x must be finite and <= 4, got 5"),
+    (math.inf, dict(), ValueError, "x must be finite, got inf"),
+    (math.nan, dict(low=0), ValueError, "x must be finite and >= 0, got nan"),
+    (True, dict(), TypeError, "x must be a real number, got bool"),
+    ("1", dict(), TypeError, "x must be a real number, got str"),
+    (2.0, dict(integer=True), TypeError, "x must be an int, got float"),
+])
+def test_check_number_refuses(value, bounds, error, message):
+    with pytest.raises(error, match=re.escape(message) + "$"):
+        check_number("x", value, **bounds)
+
+
+def test_check_number_accepts_values_inside_the_bounds():
+    for value, bounds in ((0, dict(low=0, high=1)), (1, dict(low=0, high=1)),
+                          (0.5, dict(low=0, high=1, inclusive=False)), (3, dict(low=1, integer=True)), (-1e9, dict())):
+        assert check_number("x", value, **bounds) is None
+
+
+def test_as_generator():
+    generator = torch.Generator().manual_seed(5)
+    assert as_generator(generator, torch.device("cpu")) is generator
+    fresh = as_generator(5, torch.device("cpu"))
+    assert fresh is not generator and torch.equal(torch.rand(3, generator=fresh), torch.rand(3, generator=generator))
+
+
+def test_has_batchnorm():
+    assert not has_batchnorm(LeNet5()) and not has_batchnorm(linear_model())
+    assert has_batchnorm(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)))
+    assert has_batchnorm(nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))))
+
+
+def test_recipe_train_settings():
+    assert BASELINE.train_settings() == dict(batch_size=32, label_smoothing=0.0, reduction="sum", batch_transform=None)
+    noisy = replace(ASAM, noise_max_sigma=0.3).train_settings()
+    transform = noisy.pop("batch_transform")
+    assert noisy == dict(batch_size=128, label_smoothing=0.1, reduction="mean")
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(transform(images, torch.Generator().manual_seed(1)),
+                       random_gaussian_noise(images, torch.Generator().manual_seed(1), max_sigma=0.3))

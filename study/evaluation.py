@@ -1,4 +1,4 @@
-"""The study's evaluation of one trained model: every metric a record holds, on fixed data.
+"""The study's record of one trained model: every metric a record holds, on fixed data.
 
 Every recipe is measured on the same images: the whole test set (or its first ``n_test`` images)
 and one sharpness probe set of ``n_probe`` images drawn with ``probe_seed`` from the 48,000
@@ -58,10 +58,11 @@ def evaluate_model(model: nn.Module, test: tuple[Tensor, Tensor], probe: tuple[T
                    settings: EvalSettings, normalization: tuple[float, float]) -> dict:
     """Every metric of a record, with the time each group took (``seconds``).
 
-    On ``test``: accuracy (%) clean, normalized (seed protocol at sigma 0), under the seed
-    protocol, under pixel noise without and with clipping, under every corruption at the
-    benchmark's severity (and the MNIST-C and extended means), per severity on the first
-    ``n_sweep`` images, under FGSM (all images) and PGD (first ``n_pgd``). On ``probe`` (plain mean
+    On ``test``: accuracy (%) clean, normalized (fixed-pattern protocol at sigma 0), under the
+    fixed-pattern protocol (record key ``seed_protocol``), under pixel noise without and with
+    clipping, under every corruption at the benchmark's severity (and the MNIST-C and extended
+    means), per severity on the first ``n_sweep`` images, under FGSM (all images) and PGD (first
+    ``n_pgd``). On ``probe`` (plain mean
     cross-entropy): the largest Hessian eigenvalue, the Hessian trace (Hutchinson) and 1-D loss
     slices along filter-normalized directions with their mean rise at alpha = +-1.
     """
@@ -79,10 +80,11 @@ def evaluate_model(model: nn.Module, test: tuple[Tensor, Tensor], probe: tuple[T
 
     def noise() -> dict:
         return {"clean": L.accuracy(model, *test),
-                "normalized_clean": L.evaluate_noise(model, *test, [0.0], protocol="seed",
+                "normalized_clean": L.evaluate_noise(model, *test, [0.0], protocol="fixed-pattern",
                                                      normalization=normalization)[0.0],
-                "seed_protocol": keyed(L.evaluate_noise(model, *test, L.SEED_SIGMAS, protocol="seed",
-                                                        normalization=normalization)),
+                # The key keeps its old name until the next re-evaluation rewrites every record at once.
+                "seed_protocol": keyed(L.evaluate_noise(model, *test, L.FIXED_PATTERN_SIGMAS,
+                                                        protocol="fixed-pattern", normalization=normalization)),
                 "pixel": keyed(L.evaluate_noise(model, *test, L.PIXEL_SIGMAS, protocol="pixel")),
                 "pixel_clip": keyed(L.evaluate_noise(model, *test, L.PIXEL_SIGMAS, protocol="pixel", clip=True))}
 
