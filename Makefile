@@ -13,10 +13,11 @@ NOTEBOOKS := LeNet-5.ipynb LeNet-5_sam_optim.ipynb
 
 .PHONY: run lab test lint clean
 
-$(VENV)/installed: requirements.txt
+$(VENV)/installed: requirements.txt requirements-nodeps.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
 $(VENV)/dev-installed: $(VENV)/installed requirements-dev.txt

@@ -1,13 +1,16 @@
-"""Sharpness of the loss at a model's weights: the Hessian's largest eigenvalue (power iteration on
-Hessian-vector products) and trace (Hutchinson), and 1-D loss slices along filter-normalized
+"""Sharpness of the loss at a model's weights: the Hessian's extreme eigenvalues (Lanczos, and the
+older power iteration) and trace (Hutchinson) from Hessian-vector products, the adaptive sharpness
+(worst loss increase in ASAM's |w|-scaled ball), and 1-D loss slices along filter-normalized
 random directions."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -110,6 +113,113 @@ def hessian_max_eigenvalue(model: nn.Module, images: Tensor, labels: Tensor, *,
         shift = estimates[-1]
         estimates += [e + shift for e in _power_iteration(hvp, params, iters, tol, seed, shift)]
     return estimates[-1], estimates
+
+
+def _eigsh_one(operator: LinearOperator, which: str, v0: np.ndarray, tol: float,
+               maxiter: int) -> tuple[float | None, bool]:
+    """One extreme eigenvalue (``which`` "LA" or "SA") by ARPACK's implicitly restarted Lanczos.
+    Non-convergence is a result, not an error: ARPACK's converged value if it has one, else None."""
+    try:
+        return float(eigsh(operator, k=1, which=which, v0=v0, tol=tol, maxiter=maxiter,
+                           return_eigenvectors=False)[0]), True
+    except ArpackNoConvergence as error:
+        values = error.eigenvalues
+        return (float(values[0]) if len(values) else None), False
+
+
+def hessian_extremes(model: nn.Module, images: Tensor, labels: Tensor, *,
+                     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+                     tol: float = 1e-4, maxiter: int = 100, seed: int = 0,
+                     batch_size: int | None = 512) -> dict:
+    """Largest and smallest (algebraic) eigenvalues of the Hessian of ``loss_fn`` at the model's
+    weights, by ``scipy.sparse.linalg.eigsh`` (Lanczos) on a LinearOperator over the
+    Hessian-vector product, in float64 on scipy's side.
+
+    Unlike power iteration, Lanczos finds either end of the spectrum whatever the signs and
+    magnitudes (power iteration fails when |lambda_min| > lambda_max), and its ``tol`` bounds the
+    Ritz value's relative error instead of the change between iterates. ``maxiter`` caps ARPACK's
+    restarts; both runs start from one vector drawn with ``seed``. Returns {"max", "min": the
+    eigenvalue (None if ARPACK converged to nothing), "max_converged", "min_converged",
+    "matvecs": Hessian-vector products over both runs}. ``batch_size`` as in
+    :func:`hessian_max_eigenvalue`; the model's weights are left as they were, in eval mode.
+    """
+    L.check_number("tol", tol, low=0)  # 0: machine precision
+    L.check_number("maxiter", maxiter, low=1, integer=True)
+    hvp, params = _hvp(model, images, labels, loss_fn, batch_size)
+    template = next(iter(params.values()))
+    sizes = [p.numel() for p in params.values()]
+    calls = [0]
+
+    def matvec(vector: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        flat = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float64).ravel()).to(template)
+        v = {k: x.view_as(p) for (k, p), x in zip(params.items(), flat.split(sizes))}
+        return torch.cat([h.flatten() for h in hvp(v).values()]).double().cpu().numpy()
+
+    n = sum(sizes)
+    operator = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    largest, max_converged = _eigsh_one(operator, "LA", v0, tol, maxiter)
+    smallest, min_converged = _eigsh_one(operator, "SA", v0, tol, maxiter)
+    return {"max": largest, "min": smallest, "max_converged": max_converged, "min_converged": min_converged,
+            "matvecs": calls[0]}
+
+
+def _check_radii(radii: Sequence[float], steps: int) -> list[float]:
+    L.check_number("steps", steps, low=1, integer=True)
+    if isinstance(radii, (str, bytes)) or not isinstance(radii, Sequence) or not radii:
+        raise TypeError(f"radii must be a non-empty sequence of real numbers, got {radii!r}")
+    for r in radii:
+        L.check_number("radii", r, low=0, inclusive=False)
+    return [float(r) for r in radii]
+
+
+def _ascend(loss_of_u: Callable, shapes: dict[str, Tensor], radius: float, steps: int) -> float:
+    """Normalized gradient ascent on u within ||u||_2 <= radius, projected after each step; the
+    first step goes to the sphere along the gradient (ASAM's own first-order maximizer), later ones
+    are radius / 4 long. Returns the largest loss seen (a lower bound on the maximum)."""
+    gradient_of = torch.func.grad_and_value(loss_of_u)
+    u = {k: torch.zeros_like(p) for k, p in shapes.items()}
+    best = -float("inf")
+    for step in range(steps + 1):
+        g, value = gradient_of(u)
+        best = max(best, value.item())
+        if step == steps:
+            break
+        g_norm = _dot(g, g).sqrt()
+        if g_norm == 0:  # a stationary point of the scaled loss: nothing to ascend along
+            break
+        length = radius if step == 0 else radius / 4
+        u = {k: u[k] + length * g[k] / g_norm for k in u}
+        u_norm = _dot(u, u).sqrt()
+        u = {k: x * min(1.0, radius / u_norm.item()) for k, x in u.items()}
+    return best
+
+
+def adaptive_sharpness(model: nn.Module, images: Tensor, labels: Tensor, radii: Sequence[float], *,
+                       steps: int = 10, loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> dict:
+    """Adaptive sharpness (Andriushchenko et al., 2023, in ASAM's ball): for each radius r,
+    max over ||delta / |w| ||_2 <= r of L(w + delta) - L(w), all parameters jointly.
+
+    Written as delta = |w| * u, the ball is ||u||_2 <= r, and rescaling that leaves the network's
+    function unchanged (layer 1 times c, layer 2 over c, for a ReLU net) leaves the value unchanged
+    too, which lambda_max is not. The maximum is sought by ``steps`` steps of projected normalized
+    gradient ascent in u (see :func:`_ascend`); the value is the largest increase seen, a lower
+    bound on the true maximum. Returns {"loss": L(w), "increase": {str(r): value}}, in eval mode,
+    the model's weights left as they were.
+    """
+    radii = _check_radii(radii, steps)
+    loss, params = _functional_loss(model, images, labels, loss_fn)
+    scale = {k: p.abs() for k, p in params.items()}
+
+    def loss_of_u(u: dict[str, Tensor]) -> Tensor:
+        return loss({k: p + scale[k] * u[k] for k, p in params.items()})
+
+    with torch.no_grad():
+        base = loss(params).item()
+    with torch.enable_grad():
+        increase = {str(r): _ascend(loss_of_u, params, r, steps) - base for r in radii}
+    return {"loss": base, "increase": increase}
 
 
 def hessian_trace(model: nn.Module, images: Tensor, labels: Tensor, *, samples: int = 100, seed: int = 0,

@@ -29,8 +29,14 @@ class EvalSettings:
     epsilons: tuple[float, ...] = adversarial.EPSILONS
     n_probe: int = 2048  # sharpness probe images, drawn from the split's training images
     probe_seed: int = 0
-    hessian_iters: int = 100
-    hessian_tol: float = 1e-3
+    lanczos_tol: float = 1e-3  # eigsh's relative accuracy of each extreme eigenvalue
+    lanczos_maxiter: int = 3  # ARPACK restarts (~19 products each) per eigenvalue: lambda_min, near the
+    # bulk of the spectrum, rarely converges within the budget and is then recorded as not converged
+    adaptive_radii: tuple[float, ...] = (0.5, 2.0)  # fixed by ANALYSIS_PLAN.md, amendment v3
+    adaptive_steps: int = 10
+    strong_epsilons: tuple[float, ...] = (0.1, 0.05)  # APGD-CE and APGD-T on the first n_pgd images
+    apgd_steps: int = 50  # AutoAttack standard runs 100: halved, and 3 targets not 9, to fit ~3 min a model
+    apgd_targets: int = 3  # the most likely wrong classes, where APGD-T finds nearly all its successes
     n_trace: int = 512  # probe images for the Hessian trace
     trace_samples: int = 100
     n_slice: int = 512  # probe images for the loss slices
@@ -41,7 +47,8 @@ class EvalSettings:
 
 
 FULL = EvalSettings()
-QUICK = EvalSettings(n_test=1000, n_sweep=100, n_pgd=100, pgd_steps=3, n_probe=128, hessian_iters=3,
+QUICK = EvalSettings(n_test=1000, n_sweep=100, n_pgd=100, pgd_steps=3, n_probe=128, lanczos_maxiter=1,
+                     adaptive_steps=2, strong_epsilons=(0.1,), apgd_steps=3, apgd_targets=1,
                      n_trace=64, trace_samples=4, n_slice=64, direction_seeds=(0,))
 
 
@@ -62,8 +69,9 @@ def evaluate_model(model: nn.Module, test: tuple[Tensor, Tensor], probe: tuple[T
     fixed-pattern protocol (record key ``seed_protocol``), under pixel noise without and with
     clipping, under every corruption at the benchmark's severity (and the MNIST-C and extended
     means), per severity on the first ``n_sweep`` images, under FGSM (all images) and PGD (first
-    ``n_pgd``). On ``probe`` (plain mean
-    cross-entropy): the largest Hessian eigenvalue, the Hessian trace (Hutchinson) and 1-D loss
+    ``n_pgd``), and on those ``n_pgd`` under APGD-CE, APGD-T and their per-image worst case with PGD.
+    On ``probe`` (plain mean cross-entropy): the Hessian's largest and smallest eigenvalues
+    (Lanczos), the adaptive sharpness at each radius, the Hessian trace (Hutchinson) and 1-D loss
     slices along filter-normalized directions with their mean rise at alpha = +-1.
     """
     test = tuple(t[: settings.n_test] for t in test)
@@ -89,11 +97,15 @@ def evaluate_model(model: nn.Module, test: tuple[Tensor, Tensor], probe: tuple[T
                 "pixel_clip": keyed(L.evaluate_noise(model, *test, L.PIXEL_SIGMAS, protocol="pixel", clip=True))}
 
     def hessian() -> dict:
-        eigenvalue, estimates = sharpness.hessian_max_eigenvalue(
-            model, *probe, iters=settings.hessian_iters, tol=settings.hessian_tol)
-        return {"eigenvalue": eigenvalue, "estimates": estimates, "iterations": len(estimates),
-                "converged": len(estimates) > 1 and abs(estimates[-1] - estimates[-2])
-                <= settings.hessian_tol * abs(estimates[-1])}
+        extremes = sharpness.hessian_extremes(model, *probe, tol=settings.lanczos_tol,
+                                              maxiter=settings.lanczos_maxiter)
+        return {"eigenvalue": extremes["max"], "converged": extremes["max_converged"],
+                "min_eigenvalue": extremes["min"], "min_converged": extremes["min_converged"],
+                "matvecs": extremes["matvecs"], "method": "lanczos"}
+
+    def adaptive() -> dict:
+        result = sharpness.adaptive_sharpness(model, *probe, settings.adaptive_radii, steps=settings.adaptive_steps)
+        return {**result, "radii": list(settings.adaptive_radii), "steps": settings.adaptive_steps}
 
     def trace() -> dict:
         mean, stderr = sharpness.hessian_trace(model, probe[0][: settings.n_trace], probe[1][: settings.n_trace],
@@ -115,7 +127,11 @@ def evaluate_model(model: nn.Module, test: tuple[Tensor, Tensor], probe: tuple[T
         "corruption_sweep": timed("corruption_sweep", lambda: corruptions.evaluate_corruption_sweep(model, *sweep)),
         "adversarial": timed("adversarial", lambda: adversarial.evaluate_adversarial(
             model, *test, settings.epsilons, n_pgd=settings.n_pgd, pgd_steps=settings.pgd_steps)),
+        "strong_attack": timed("strong_attack", lambda: adversarial.evaluate_strong(
+            model, *test, settings.strong_epsilons, n=settings.n_pgd, steps=settings.apgd_steps,
+            n_targets=settings.apgd_targets, pgd_steps=settings.pgd_steps)),
         "hessian": timed("hessian", hessian),
+        "adaptive_sharpness": timed("adaptive_sharpness", adaptive),
         "hessian_trace": timed("hessian_trace", trace),
         "loss_directions": timed("loss_directions", slices),
     }

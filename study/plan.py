@@ -84,6 +84,13 @@ def flat_metrics(record: dict) -> dict[str, float]:
         flat |= {f"{attack}_{eps}": v for eps, v in m["adversarial"][attack].items()}
     if m["hessian"]["converged"]:  # an unconverged power iteration's last estimate is not λ_max: left out
         flat["hessian_eigenvalue"] = m["hessian"]["eigenvalue"]
+    if m["hessian"].get("min_converged"):  # Lanczos (v3 evaluations on): λ_min too
+        flat["hessian_min_eigenvalue"] = m["hessian"]["min_eigenvalue"]
+    if "adaptive_sharpness" in m:
+        flat |= {f"adaptive_sharpness_{r}": v for r, v in m["adaptive_sharpness"]["increase"].items()}
+    if "strong_attack" in m:
+        for attack in ("apgd_ce", "apgd_t", "worst_case"):
+            flat |= {f"{attack}_{eps}": v for eps, v in m["strong_attack"][attack].items()}
     flat["hessian_trace"] = m["hessian_trace"]["mean"]
     flat["slice_rise"] = m["loss_directions"]["rise"]
     if "perturbation_norm" in record:

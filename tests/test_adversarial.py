@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from analysis.adversarial import EPSILONS, evaluate_adversarial, fgsm, pgd
+from analysis.adversarial import EPSILONS, apgd_correct, evaluate_adversarial, evaluate_strong, fgsm, pgd, pgd_correct
 
 
 def mlp() -> nn.Module:
@@ -190,3 +190,64 @@ def test_cuda_matches_cpu(trained):
     model.cpu()
     assert cuda["fgsm"] == pytest.approx(cpu["fgsm"], abs=100 * 2 / len(images))
     assert cuda["n_pgd"] == cpu["n_pgd"] and 0 <= cuda["pgd"]["0.1"] <= 100
+
+
+# ----------------------------------------------------------------------------- APGD (torchattacks)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr-targeted"])
+def test_apgd_is_at_least_as_strong_as_pgd_and_leaves_things_alone(trained, loss):
+    model, images, labels = trained
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    mask = apgd_correct(model, images, labels, 0.3, loss, steps=20, n_targets=3)
+    assert torch.equal(torch.get_rng_state(), state)  # torchattacks reseeds the global RNG: restored
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert mask.dtype == torch.bool and mask.shape == labels.shape
+    assert torch.equal(mask, apgd_correct(model, images, labels, 0.3, loss, steps=20, n_targets=3))  # seeded
+    clean = pgd_correct(model, images, labels, 0.0, steps=1)
+    assert clean.all() and mask.sum() < clean.sum()  # the attack succeeds somewhere
+    assert mask.sum() <= pgd_correct(model, images, labels, 0.3, steps=20).sum() + 2
+
+
+def test_apgd_at_eps_zero_is_clean_accuracy(trained):
+    model, images, labels = trained
+    assert apgd_correct(model, images, labels, 0.0, "ce").all()
+
+
+def test_evaluate_strong_worst_case(trained):
+    model, images, labels = trained
+    result = evaluate_strong(model, images, labels, [0.2, 0.1], n=30, steps=10, n_targets=2, pgd_steps=5)
+    assert (result["n"], result["steps"], result["n_targets"], result["epsilons"]) == (30, 10, 2, [0.2, 0.1])
+    for eps in ("0.2", "0.1"):
+        ce = apgd_correct(model, images[:30], labels[:30], float(eps), "ce", steps=10)
+        t = apgd_correct(model, images[:30], labels[:30], float(eps), "dlr-targeted", steps=10, n_targets=2)
+        p = pgd_correct(model, images[:30], labels[:30], float(eps), steps=5)
+        assert result["apgd_ce"][eps] == pytest.approx(100 * ce.sum().item() / 30)
+        assert result["apgd_t"][eps] == pytest.approx(100 * t.sum().item() / 30)
+        assert result["worst_case"][eps] == pytest.approx(100 * (ce & t & p).sum().item() / 30)
+        assert result["worst_case"][eps] <= min(result["apgd_ce"][eps], result["apgd_t"][eps])
+    assert result["worst_case"]["0.2"] <= result["worst_case"]["0.1"]
+
+
+def test_pgd_correct_matches_evaluate_adversarial(trained):
+    model, images, labels = trained
+    record = evaluate_adversarial(model, images, labels, epsilons=[0.1], n_pgd=30, pgd_steps=3, seed=5)
+    mask = pgd_correct(model, images[:30], labels[:30], 0.1, steps=3, seed=5, batch_size=7)
+    assert record["pgd"]["0.1"] == pytest.approx(100 * mask.sum().item() / 30)
+
+
+def test_apgd_bad_arguments(trained):
+    model, images, labels = trained
+    with pytest.raises(ValueError, match="loss"):
+        apgd_correct(model, images, labels, 0.1, "dlr")
+    with pytest.raises(ValueError, match="n_targets"):
+        apgd_correct(model, images, labels, 0.1, "dlr-targeted", n_targets=10)
+    with pytest.raises(ValueError, match="steps"):
+        apgd_correct(model, images, labels, 0.1, "ce", steps=0)
+    with pytest.raises(ValueError, match="distinct"):
+        evaluate_strong(model, images, labels, [0.1, 0.1])
+    with pytest.raises(ValueError, match="n must"):
+        evaluate_strong(model, images, labels, [0.1], n=0)

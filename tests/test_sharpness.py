@@ -11,7 +11,9 @@ from torch import nn
 
 from analysis.sharpness import (
     ALPHAS,
+    adaptive_sharpness,
     filter_normalized_direction,
+    hessian_extremes,
     hessian_max_eigenvalue,
     hessian_trace,
     loss_along_direction,
@@ -302,3 +304,137 @@ def test_slice_rise_needs_minus_one_zero_and_one(alphas):
 def test_slice_rise_needs_one_loss_per_alpha(losses):
     with pytest.raises(ValueError, match="one per alpha"):
         slice_rise(losses, [-1, 0, 1])
+
+
+# ----------------------------------------------------------------------------- Lanczos
+
+
+def test_lanczos_extremes_match_the_dense_hessian_of_a_small_network():
+    model, x, y, hessian = small_network()
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    result = hessian_extremes(model, x, y, tol=1e-10, maxiter=1000, batch_size=None)
+    assert result["max_converged"] and result["min_converged"] and result["matvecs"] > 0
+    assert result["max"] == pytest.approx(eigenvalues.max().item(), rel=1e-6)
+    assert result["min"] == pytest.approx(eigenvalues.min().item(), rel=1e-6)
+
+
+def test_lanczos_where_power_iteration_needs_a_shift():
+    model, x, c, loss_fn = curvature_model([-4.0, 2.0, 1.0, 0.5])  # |lambda_min| > lambda_max
+    result = hessian_extremes(model, x, c, loss_fn=loss_fn, tol=1e-10, maxiter=1000)
+    assert result["max"] == pytest.approx(2.0, rel=1e-8) and result["min"] == pytest.approx(-4.0, rel=1e-8)
+
+
+def test_lanczos_non_convergence_is_recorded(monkeypatch):
+    """ARPACK's failure is a result: not converged, with whatever ARPACK had converged."""
+    from scipy.sparse.linalg import ArpackNoConvergence
+
+    import analysis.sharpness as S
+
+    def failing(*args, **kwargs):
+        raise ArpackNoConvergence("no convergence", eigenvalues=[], eigenvectors=[])
+
+    monkeypatch.setattr(S, "eigsh", failing)
+    model, x, y, loss_fn = least_squares([5.0, 2.0, 1.0])
+    result = hessian_extremes(model, x, y, loss_fn=loss_fn)
+    assert result["max"] is None and not result["max_converged"] and not result["min_converged"]
+
+
+def test_lanczos_on_lenet_float32_leaves_the_model_alone(lenet, batch):
+    before = {k: v.clone() for k, v in lenet.state_dict().items()}
+    result = hessian_extremes(lenet, *batch, tol=1e-3, maxiter=50)
+    power, _ = hessian_max_eigenvalue(lenet, *batch, iters=500, tol=1e-7)
+    assert result["max_converged"] and result["max"] >= result["min"]
+    assert result["max"] == pytest.approx(power, rel=1e-2) or result["max"] > power  # power iteration stops low
+    assert all(torch.equal(v, before[k]) for k, v in lenet.state_dict().items())
+    assert all(p.grad is None for p in lenet.parameters())
+
+
+@pytest.mark.parametrize("kwargs, error", [({"tol": -1.0}, ValueError), ({"tol": "1e-3"}, TypeError),
+                                           ({"maxiter": 0}, ValueError), ({"maxiter": 2.0}, TypeError)])
+def test_lanczos_bad_arguments(kwargs, error):
+    model, x, y, loss_fn = least_squares([1.0, 2.0])
+    with pytest.raises(error, match=next(iter(kwargs))):
+        hessian_extremes(model, x, y, loss_fn=loss_fn, **kwargs)
+
+
+# ----------------------------------------------------------------------------- adaptive sharpness
+
+
+def relu_net(c: float = 1.0):
+    """A 2-4-3 ReLU net whose first layer is scaled by c and second layer's weight by 1 / c: the
+    same function for every c > 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 3)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(c)
+        model[0].bias.mul_(c)
+        model[2].weight.div_(c)
+    generator = torch.Generator().manual_seed(1)
+    return model, torch.randn(16, 2, generator=generator, dtype=torch.float64), torch.randint(0, 3, (16,),
+                                                                                              generator=generator)
+
+
+def test_adaptive_sharpness_is_invariant_to_rescaling_unlike_lambda_max():
+    model, x, y = relu_net(1.0)
+    scaled, _, _ = relu_net(5.0)
+    with torch.no_grad():
+        torch.testing.assert_close(scaled(x), model(x))  # the same function
+    a = adaptive_sharpness(model, x, y, [0.1, 0.5], steps=10)
+    b = adaptive_sharpness(scaled, x, y, [0.1, 0.5], steps=10)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-10)
+    assert a["increase"] == pytest.approx(b["increase"], rel=1e-8)
+    assert a["increase"]["0.5"] > a["increase"]["0.1"] > 0
+    lam = [hessian_extremes(m, x, y, tol=1e-8, maxiter=500)["max"] for m in (model, scaled)]
+    assert abs(lam[0] - lam[1]) > 0.1 * abs(lam[0])  # the scale-dependent measure moves
+
+
+def test_adaptive_sharpness_matches_brute_force_on_two_weights():
+    """Loss of a 2-weight linear model: a dense search of the scaled disc bounds the ascent's value
+    from above (it is a maximum over the ball) and nearly equals it."""
+    model = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.7, -1.3]], dtype=torch.float64))
+    generator = torch.Generator().manual_seed(2)
+    x, y = torch.randn(20, 2, generator=generator, dtype=torch.float64), torch.randn(20, generator=generator,
+                                                                                       dtype=torch.float64)
+
+    def loss_fn(out, target):
+        return ((out.squeeze(1) - target) ** 2).mean()
+
+    radius = 0.8
+    value = adaptive_sharpness(model, x, y, [radius], steps=20, loss_fn=loss_fn)["increase"][str(radius)]
+    w = model.weight.detach()[0]
+    angles = torch.linspace(0, 2 * math.pi, 4001, dtype=torch.float64)
+    best = -float("inf")
+    for r in torch.linspace(0, radius, 81, dtype=torch.float64):
+        u = torch.stack([r * angles.cos(), r * angles.sin()], 1)
+        losses = (((x @ (w * (1 + u)).T) - y[:, None]) ** 2).mean(0)
+        best = max(best, losses.max().item())
+    base = loss_fn(model(x), y).item()
+    assert value <= best - base + 1e-9
+    assert value == pytest.approx(best - base, rel=1e-3)
+
+
+def test_adaptive_sharpness_beats_random_points_in_the_ball(lenet, batch):
+    before = {k: v.clone() for k, v in lenet.state_dict().items()}
+    result = adaptive_sharpness(lenet, *batch, [0.5], steps=5)
+    assert all(torch.equal(v, before[k]) for k, v in lenet.state_dict().items())
+    assert all(p.grad is None for p in lenet.parameters()) and not lenet.training
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(5):
+            moved = copy.deepcopy(lenet)
+            u = [torch.randn(p.shape, generator=generator) for p in moved.parameters()]
+            norm = torch.sqrt(sum((t ** 2).sum() for t in u))
+            for p, t in zip(moved.parameters(), u):
+                p.add_(p.abs() * t * 0.5 / norm)  # on the sphere of radius 0.5
+            random_increase = F.cross_entropy(moved(batch[0]), batch[1]).item() - result["loss"]
+            assert result["increase"]["0.5"] > random_increase
+
+
+@pytest.mark.parametrize("radii, steps, error", [([], 5, TypeError), ("0.5", 5, TypeError), ([0.0], 5, ValueError),
+                                                 ([float("inf")], 5, ValueError), ([0.5], 0, ValueError)])
+def test_adaptive_sharpness_bad_arguments(radii, steps, error):
+    model, x, y = relu_net()
+    with pytest.raises(error, match="radii|steps"):
+        adaptive_sharpness(model, x, y, radii, steps=steps)
