@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def measure(record: dict, weights: Path, images: torch.Tensor, labels: torch.Ten
     clipped = {f"{c:+g}": L.accuracy(model, (images + c).clamp(0, 1), labels) for c in CLIPPED_OFFSETS}
     at = OFFSETS.index(PROBE)
     dc = first_layer_dc_gain(model)
-    entry = {"config": record["config"], "seed": record["seed"], "weights": str(weights.relative_to(ROOT)),
+    entry = {"config": record["config"], "seed": record["seed"], "weights": os.path.relpath(weights, ROOT),
              "clean_accuracy": record["metrics"]["clean"],
              "corruptions": {name: corruptions[name] for name in INTENSITY},
              "intensity_mean": float(np.mean([corruptions[name] for name in INTENSITY])),
@@ -131,9 +132,13 @@ def associations(models: list[dict]) -> dict:
 
 
 def paired(models: list[dict]) -> dict:
-    """asam - sgd and swa-0.02 - sgd, paired by seed, for every measure (mean difference, 95 % CI, n, p)."""
+    """asam - sgd and swa-0.02 - sgd, paired by seed, for every measure (mean difference, 95 % CI, n, p); a pair
+    whose configurations are not both among ``models`` is left out."""
     out = {}
+    present = {m["config"] for m in models}
     for a, b in (("asam", "sgd"), ("swa-0.02", "sgd")):
+        if not {a, b} <= present:
+            continue
         out[f"{a} - {b}"] = {}
         for name in MEASURES:
             values = by_config(models, name)

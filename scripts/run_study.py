@@ -28,6 +28,10 @@ import argparse
 import hashlib
 import json
 import os
+
+# One BLAS thread (before numpy loads): eigsh's (ARPACK's) BLAS sums in a thread-dependent order otherwise, and the
+# Lanczos eigenvalues would differ in their last digits between a serial run and a parallel job.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import platform
 import subprocess
 import sys

@@ -1,6 +1,11 @@
 """analysis/offset.py: the first layer's DC gain and the response to a constant input offset (CPU, synthetic)."""
 
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,6 +13,9 @@ from torch import nn
 
 import lenet_utils as L
 from analysis.offset import first_layer_dc_gain, offset_response
+from conftest import MNIST_ROOT, ROOT, needs_mnist
+
+STUDY = ROOT / "results" / "study" / "mnist"
 
 
 def _data(n=64, seed=0):
@@ -123,3 +131,24 @@ def test_bad_images_labels_and_models_raise():
         first_layer_dc_gain(nn.Linear(3, 2))
     with pytest.raises(TypeError, match="model"):
         first_layer_dc_gain("not a model")
+
+
+@needs_mnist
+def test_the_script_runs_on_a_few_stored_models(tmp_path):
+    """scripts/offset_response.py end to end on 3 seeds of asam and sgd and 200 test images (a quick mode)."""
+    records = tmp_path / "records"
+    (records / "weights").mkdir(parents=True)
+    for config in ("asam", "sgd"):
+        for seed in (3, 4, 5):
+            name = f"{config}_seed{seed}"
+            shutil.copy(STUDY / f"{name}.json", records)
+            shutil.copy(STUDY / "weights" / f"{name}.pt", records / "weights")
+    out = tmp_path / "offset.json"
+    env = {**os.environ, "MNIST_ROOT": str(MNIST_ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "scripts/offset_response.py", "--records", str(records), "--out", str(out),
+                           "--figure", str(tmp_path / "offset.png"), "--n-images", "200"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert len(result["models"]) == 6 and result["n_images"] == 200
+    assert (tmp_path / "offset.png").is_file() and "asam - sgd" in out.with_suffix(".txt").read_text()
