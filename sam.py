@@ -124,9 +124,9 @@ class SAM(torch.optim.Optimizer):
             p.copy_(w)
         self._saved = None
         if scaler is not None:
-            for p in self._params_with_grad():  # an overflow of the first pass becomes one of this
-                p.grad.masked_fill_(self._first_overflow, math.inf)  # pass, so the scaler skips the step
-                break
+            first = next(self._params_with_grad(), None)  # an overflow of the first pass becomes one of this
+            if first is not None:  # pass (an inf in one gradient), so the scaler skips the step itself
+                first.grad.masked_fill_(self._first_overflow, math.inf)
             scaler.unscale_(self.base_optimizer)
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_([p for group in self.param_groups for p in group["params"]],
