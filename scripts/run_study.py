@@ -5,7 +5,8 @@ Trains every (configuration, seed) pair of ``study.recipes.STUDY_RECIPES``, keep
 ``study.evaluation`` and writes ``{out}/{config}_seed{seed}.json`` atomically; ``out`` defaults
 to ``results/study/{dataset}``. A pair whose record and weights exist is skipped, so the study
 resumes across sessions; ``--reevaluate`` recomputes the metrics of stored weights without
-training, keeping each record's training history.
+training, keeping each record's training history, and resumes too: a record whose metrics already
+come from this code (the file hashes of ``code_version``) and these settings is skipped.
 
 ``seed`` seeds the model initialisation (``set_seed``) and train()'s shuffling; the seeds are the
 same in every configuration, so configurations can be compared run by run (paired).
@@ -275,6 +276,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def evaluated_by(record: dict, code: dict, size: Size) -> bool:
+    """Whether the record's metrics come from this code (file hashes, not the commit) and settings."""
+    evaluation = record.get("evaluation", {})
+    return (evaluation.get("settings") == size.evaluation.as_dict()
+            and all(evaluation.get("code", {}).get(key) == value for key, value in code.items()))
+
+
 def plan(args: argparse.Namespace) -> list[Job]:
     """This shard's pending jobs, seed-major (every configuration of seed 0 first).
 
@@ -285,6 +293,8 @@ def plan(args: argparse.Namespace) -> list[Job]:
     k, n = args.shard
     jobs = [Job(name, seed, args.dataset, args.out, args.device, args.quick, args.evaluate, args.reevaluate)
             for seed in args.seeds for name in args.configs][k - 1::n]
+    # a re-evaluation resumes: a record this code already evaluated with these settings is not redone
+    current = {k: v for k, v in code_version().items() if k != "git_commit"} if args.reevaluate else None
     pending = []
     for job in jobs:
         record = read_record(job.record_path)
@@ -293,7 +303,9 @@ def plan(args: argparse.Namespace) -> list[Job]:
                                    or record.get("hyperparameters") != recipe_for(job.name, size).as_dict()):
             sys.exit(f"{job.record_path} was written by another recipe, dataset or mode (quick/full); "
                      "move it away or use another --out")
-        if args.reevaluate and done:
+        if args.reevaluate and done and evaluated_by(record, current, size):
+            print(f"skip {job.name} seed {job.seed}: already evaluated by this code", flush=True)
+        elif args.reevaluate and done:
             pending.append(job)
         elif args.reevaluate:
             print(f"skip {job.name} seed {job.seed}: no stored model in {args.out}", flush=True)

@@ -54,7 +54,7 @@ REPORT_COLUMNS = {"clean": "clean", "pixel_0.6": "pixel σ=0.6", "pixel_clip_0.6
                   "mnist_c_mean": "MNIST-C mean",
                   "extended_mean": "extended corruptions", "pgd_0.1": "PGD ε=0.1",
                   "pgd_0.05": "PGD ε=0.05", "fgsm_0.1": "FGSM ε=0.1",
-                  "seed_0.6": "fixed-pattern protocol σ=0.6", "hessian_eigenvalue": "λ_max (Hessian)",
+                  "fixed_pattern_0.6": "fixed-pattern protocol σ=0.6", "hessian_eigenvalue": "λ_max (Hessian)",
                   "hessian_trace": "Hessian trace", "slice_rise": "loss-slice rise",
                   V3_ADAPTIVE_SHARPNESS: "adaptive sharpness (r = 2)"}
 SHARPNESS = ("hessian_eigenvalue", "hessian_trace", "slice_rise", "perturbation_norm", V3_ADAPTIVE_SHARPNESS)
@@ -75,7 +75,7 @@ def flat_metrics(record: dict) -> dict[str, float]:
     """The summarized scalars of one run, by metric name."""
     m = record["metrics"]
     flat = {"clean": m["clean"], "normalized_clean": m["normalized_clean"]}
-    flat |= {f"seed_{s}": v for s, v in m["seed_protocol"].items()}
+    flat |= {f"fixed_pattern_{s}": v for s, v in m["fixed_pattern_protocol"].items()}
     flat |= {f"pixel_{s}": v for s, v in m["pixel"].items()}
     flat |= {f"pixel_clip_{s}": v for s, v in m["pixel_clip"].items()}
     flat |= {(k if k.endswith("_mean") else f"corruption_{k}"): v for k, v in m["corruptions"].items()}

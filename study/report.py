@@ -352,8 +352,8 @@ def compare_with(old_dir: Path, runs: dict[str, dict[int, dict]]) -> str:
             rows.append([config, seed, "identical" if first is None else f"differs from epoch {first}",
                          f"{gap:.1e}", f"{n['clean'] - m['clean']:+.2f}",
                          f"{n['pixel']['0.6'] - m['pixel']['0.6']:+.2f}",
-                         f"{n['seed_protocol']['0.6'] - m['seed_protocol']['0.6']:+.2f}"])
+                         f"{n['fixed_pattern_protocol']['0.6'] - m['fixed_pattern_protocol']['0.6']:+.2f}"])
     header = ["configuration", "seed", "training history", "max relative train-loss gap", "Δ clean",
-              "Δ pixel σ=0.6", "Δ seed σ=0.6"]
+              "Δ pixel σ=0.6", "Δ fixed-pattern σ=0.6"]
     return L.markdown_table(header, rows) if rows else f"no run of {old_dir} has a counterpart here"
 

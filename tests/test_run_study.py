@@ -107,7 +107,8 @@ def test_reevaluate_rewrites_metrics_from_the_weights_and_keeps_the_history(seri
     for path in out.rglob("*_seed0.*"):
         (copy / path.relative_to(out)).write_bytes(path.read_bytes())
     before = json.loads((copy / "asam_seed0.json").read_text())
-    before["metrics"]["clean"] = -1.0  # a stale number the re-evaluation must replace
+    before["metrics"]["clean"] = -1.0  # a stale number the re-evaluation must replace ...
+    before["evaluation"]["code"]["analysis_sha256"] = "older code"  # ... because other code wrote it
     (copy / "asam_seed0.json").write_text(json.dumps(before))
     result = run("--configs", "asam", "--seeds", "0", "--out", copy, "--reevaluate", "--threads", "1")
     assert "1 pairs to re-evaluate" in result.stdout
@@ -115,6 +116,8 @@ def test_reevaluate_rewrites_metrics_from_the_weights_and_keeps_the_history(seri
     original = json.loads((out / "asam_seed0.json").read_text())
     assert after["history"] == original["history"] and after["seconds"]["train"] == original["seconds"]["train"]
     assert after["metrics"] == original["metrics"]  # same weights, data and thread count: the same numbers
+    again = run("--configs", "asam", "--seeds", "0", "--out", copy, "--reevaluate", "--threads", "1")
+    assert "0 pairs to re-evaluate" in again.stdout and "already evaluated by this code" in again.stdout
 
 
 @needs_mnist
@@ -135,6 +138,10 @@ def test_a_failed_pair_is_reported_and_the_others_finish(serial, tmp_path):
     for path in out.rglob("*_seed0.*"):
         (tmp_path / path.relative_to(out)).write_bytes(path.read_bytes())
     (tmp_path / "weights" / "baseline_seed0.pt").write_bytes(b"not a checkpoint")
+    for path in tmp_path.glob("*.json"):  # written by other code, so that both are re-evaluated
+        record = json.loads(path.read_text())
+        record["evaluation"]["code"]["analysis_sha256"] = "older code"
+        path.write_text(json.dumps(record))
     result = run(*PAIRS, "--out", tmp_path, "--reevaluate", "--jobs", "2", check=False)
     assert result.returncode == 1
     assert "FAILED baseline seed 0" in result.stdout and "done  asam seed 0" in result.stdout

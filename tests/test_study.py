@@ -47,7 +47,7 @@ def fake_record(config: str, seed: int, accuracy: float = 97.0, shifts: dict | N
         "training_code": {"git_commit": "x"}, "seconds": {"train": 3600.0, "evaluate": 60.0}, "threads": 1,
         "metrics": {
             "clean": acc + 2 + shifts.get("clean", 0), "normalized_clean": acc + 1.9,
-            "seed_protocol": {s: acc - 20 * float(s) for s in ("0.4", "0.6", "0.8")},
+            "fixed_pattern_protocol": {s: acc - 20 * float(s) for s in ("0.4", "0.6", "0.8")},
             "pixel": pixel, "pixel_clip": {s: v + 5 * float(s) for s, v in pixel.items()},
             "corruptions": corr, "corruption_sweep": sweep,
             "adversarial": {"fgsm": {e: v + 5 for e, v in pgd.items()}, "pgd": pgd, "n_fgsm": 10000,
