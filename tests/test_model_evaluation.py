@@ -38,4 +38,5 @@ def test_quick_evaluation_records_the_v3_measurements():
 def test_quick_settings_are_tiny():
     quick = evaluation.QUICK
     assert quick.apgd_steps <= 3 and quick.adaptive_steps <= 2 and quick.lanczos_maxiter == 1
-    assert evaluation.FULL.adaptive_radii == (0.5, 2.0) and evaluation.FULL.strong_epsilons == (0.1, 0.05)
+    # the plan named APGD at eps 0.1 and 0.05; 0.05 was dropped to fit ~3 min a model (a deviation, STUDY.md)
+    assert evaluation.FULL.adaptive_radii == (0.5, 2.0) and evaluation.FULL.strong_epsilons == (0.1,)
