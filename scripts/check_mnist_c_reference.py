@@ -1,18 +1,19 @@
 """MNIST-C reference check (not run in CI): our regenerated corruptions against google-research/mnist-c's own code.
 
-The reference ``corruptions.py`` (vendored in ``scripts/mnist_c_reference/``) needs 2019-era packages, so it
-runs in a Python 3.7 environment of its own (``scripts/mnist_c_reference/setup_env.sh``), through
-``scripts/mnist_c_reference/generate.py``, which writes the corrupted first ``--n`` test images per draw as
-.npy files. This script, in the project venv, then measures the accuracy of a few stored models on those
-images and on ``analysis.corruptions.corrupt`` applied to the same images with the same draw seeds, the
-same way ``analysis/evaluation.py`` does (raw [0, 1] images, no normalization: ``corruptions.evaluate_corruptions``
-calls ``lenet_utils.accuracy`` on ``corrupt(images, name)``), and reports reference minus ours per corruption
-and for the MNIST-C mean, with the spread over draws. The two sides use different random generators, so
-per draw they corrupt each image differently; only the distributions are meant to agree.
+The reference ``corruptions.py`` is used from a checkout of google-research/mnist-c (never copied into this
+repository) and needs 2019-era packages, so it runs in a Python 3.7 environment of its own; both are built by
+``scripts/mnist_c_reference/setup_env.sh``. ``scripts/mnist_c_reference/generate.py`` runs it there and writes the
+corrupted first ``--n`` test images per draw as .npy files. This script, in the project venv, then measures the
+accuracy of a few stored models on those images and on ``analysis.corruptions.corrupt`` applied to the same images
+with the same draw seeds, the same way ``study/evaluation.py`` does (raw [0, 1] images, no normalization:
+``corruptions.evaluate_corruptions`` calls ``lenet_utils.accuracy`` on ``corrupt(images, name)``), and reports
+reference minus ours per corruption and for the MNIST-C mean, with the spread over draws. The two sides use
+different random generators, so per draw they corrupt each image differently; only the distributions are meant to
+agree.
 
-    scripts/mnist_c_reference/setup_env.sh /work/mnistc37venv        # once
+    scripts/mnist_c_reference/setup_env.sh /work/mnistc37venv /work/mnist-c        # once
     MNIST_ROOT=/work/shared/mnist .venv/bin/python scripts/check_mnist_c_reference.py \\
-        --python37 /work/mnistc37venv/bin/python --ref-dir /tmp/mnistc_ref
+        --python37 /work/mnistc37venv/bin/python --reference /work/mnist-c --ref-dir /tmp/mnistc_ref
 """
 
 from __future__ import annotations
@@ -38,13 +39,13 @@ GENERATOR = ROOT / "scripts" / "mnist_c_reference" / "generate.py"
 WEIGHTS = ROOT / "results" / "study" / "mnist" / "weights"
 
 
-def generate(python37: str, mnist_raw: Path, ref_dir: Path, n: int, seeds: list[int]) -> None:
+def generate(python37: str, reference: Path, mnist_raw: Path, ref_dir: Path, n: int, seeds: list[int]) -> None:
     """Run the reference in its own interpreter; its failure is this script's failure."""
     if not Path(python37).is_file():
         raise FileNotFoundError(f"no Python 3.7 interpreter at {python37}; build it with "
                                 f"scripts/mnist_c_reference/setup_env.sh")
-    cmd = [python37, str(GENERATOR), "--mnist-raw", str(mnist_raw), "--out", str(ref_dir), "--n", str(n),
-           "--seeds", *map(str, seeds)]
+    cmd = [python37, str(GENERATOR), "--reference", str(reference), "--mnist-raw", str(mnist_raw),
+           "--out", str(ref_dir), "--n", str(n), "--seeds", *map(str, seeds)]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -89,22 +90,24 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref-dir", type=Path, default=Path("/tmp/mnistc_ref"),
                         help="folder of generate.py's .npy files (written there first when --python37 is given)")
     parser.add_argument("--python37", help="the reference environment's interpreter; omit to reuse --ref-dir")
+    parser.add_argument("--reference", type=Path, default=Path("/work/mnist-c"),
+                        help="a checkout of google-research/mnist-c (used with --python37)")
     parser.add_argument("--models", nargs="+", default=["asam_seed3", "sgd_seed3", "baseline_seed3"])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "mnist_c_reference.json")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)  # the check is small; leave the machine's cores to the training jobs
 
     root = Path(os.environ.get("MNIST_ROOT", "data"))
     if args.python37:
-        generate(args.python37, root / "MNIST" / "raw", args.ref_dir, args.n, args.seeds)
+        generate(args.python37, args.reference, root / "MNIST" / "raw", args.ref_dir, args.n, args.seeds)
     manifest_path = args.ref_dir / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} missing: run with --python37 to generate the reference images")

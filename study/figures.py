@@ -21,8 +21,6 @@ from study.plan import HEADLINE_CONFIGS, ORDER, PRIMARY_ENDPOINTS, REPORT_COLUMN
 from study.recipes import STUDY_RECIPES  # noqa: E402
 from study.report import p_clause  # noqa: E402
 
-# ----------------------------------------------------------------------------- figures
-
 
 def save(fig: plt.Figure, path: Path) -> None:
     """Write ``fig`` as PNG with :func:`lenet_utils.atomic_write` and close it."""

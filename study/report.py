@@ -28,8 +28,6 @@ from study.plan import (
 )
 from study.recipes import STUDY_RECIPES
 
-# ----------------------------------------------------------------------------- tables
-
 
 def interval(stats: dict | None, signed: bool = False, digits: int = 2) -> str:
     """``mean [low, high]`` (just the mean where the interval is undefined)."""

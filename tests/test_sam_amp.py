@@ -44,6 +44,14 @@ def sam_step(model, opt, x, y, scaler=None, inject: str | None = None, hook=None
     opt.second_step(zero_grad=True, scaler=scaler)
 
 
+def twins(base=torch.optim.SGD, **sam_kwargs):
+    """One problem, two identical models, each with its own SAM (same arguments): one side runs with a scaler,
+    the other without, and the test compares them."""
+    model, x, y = make_problem()
+    twin = copy.deepcopy(model)
+    return model, twin, SAM(model.parameters(), base, **sam_kwargs), SAM(twin.parameters(), base, **sam_kwargs), x, y
+
+
 def momentum_buffers(opt) -> list[torch.Tensor]:
     return [s["momentum_buffer"].clone() for s in opt.base_optimizer.state.values()]
 
@@ -58,11 +66,8 @@ def test_scaler_without_overflow_gives_the_weights_of_unscaled_sam(base, kwargs,
     """Scaling by a power of two is exact unless something over- or underflows, so in bfloat16
     (float32's range) the weights agree bit for bit; in float16 unscaled gradients underflow a
     little (what the scaler is for), so there they agree to float tolerance."""
-    model, x, y = make_problem()
-    twin = copy.deepcopy(model)
+    model, twin, opt, twin_opt, x, y = twins(base, rho=0.1, adaptive=adaptive, **kwargs)
     start = weights(model)
-    opt = SAM(model.parameters(), base, rho=0.1, adaptive=adaptive, **kwargs)
-    twin_opt = SAM(twin.parameters(), base, rho=0.1, adaptive=adaptive, **kwargs)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=2)
     for _ in range(5):
         sam_step(model, opt, x, y, scaler, dtype=dtype)
@@ -123,10 +128,7 @@ def test_real_overflow_backs_off_until_steps_are_taken():
 
 
 def test_clipping_applies_to_the_unscaled_gradient():
-    model, x, y = make_problem()
-    twin = copy.deepcopy(model)
-    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, max_grad_norm=0.05)
-    twin_opt = SAM(twin.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, max_grad_norm=0.05)
+    model, twin, opt, twin_opt, x, y = twins(rho=0.1, lr=0.1, max_grad_norm=0.05)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
     w = weights(model)
     for _ in range(2):
@@ -139,10 +141,7 @@ def test_clipping_applies_to_the_unscaled_gradient():
 
 
 def test_disabled_scaler_is_bitwise_no_scaler():
-    model, x, y = make_problem()
-    twin = copy.deepcopy(model)
-    opt = SAM(model.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
-    twin_opt = SAM(twin.parameters(), torch.optim.SGD, lr=0.1, momentum=0.9)
+    model, twin, opt, twin_opt, x, y = twins(lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     for _ in range(2):
         sam_step(model, opt, x, y, scaler)
@@ -181,9 +180,9 @@ def test_a_scaler_that_is_not_a_grad_scaler_is_refused(scaler):
 class RecordingScaler(torch.amp.GradScaler):
     made: ClassVar[list] = []  # every instance, in order
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.scaled = self.updates = 0
+    def __init__(self, device: str = "cuda", *args, **kwargs) -> None:
+        super().__init__(device, *args, **kwargs)
+        self.device, self.scaled, self.updates = device, 0, 0
         RecordingScaler.made.append(self)
 
     def scale(self, outputs):
@@ -211,7 +210,7 @@ def test_train_scales_float16_losses_only(tiny_digits, monkeypatch, use_sam, dty
         return
     [scaler] = RecordingScaler.made
     steps = 2 * len(images) // 16
-    assert scaler._device == "cpu"
+    assert scaler.device == "cpu"
     assert (scaler.scaled, scaler.updates) == ((2 if use_sam else 1) * steps, steps)
     assert scaler.get_scale() == 2.0 ** 16  # no overflow on this problem: every step taken
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -244,10 +243,7 @@ def test_readme_loop_with_scaler_clipping_and_scheduler_runs_clean():
 
 def test_step_closure_with_scaler_equals_explicit_steps():
     """``step(closure, scaler=...)``: the closure scales its loss, SAM unscales both passes."""
-    model, x, y = make_problem()
-    twin = copy.deepcopy(model)
-    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
-    twin_opt = SAM(twin.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
+    model, twin, opt, twin_opt, x, y = twins(rho=0.1, lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     twin_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
 

@@ -530,17 +530,17 @@ NUMBER = re.compile(r"(?<![\w.])[+-]?\d+\.\d+")
 def test_the_blocks_are_the_summary_of_the_committed_records(tmp_path, monkeypatch, capsys, dataset):
     """Rerun the command each results block says wrote it, on the committed records: STUDY.md's blocks and README's
     answer table come out unchanged (a record added or changed without rerunning the summarizer fails here)."""
-    report, readme = tmp_path / "STUDY.md", tmp_path / "README.md"
-    report.write_text(STUDY)
+    study_md, readme = tmp_path / "STUDY.md", tmp_path / "README.md"
+    study_md.write_text(STUDY)
     readme.write_text(README)
     written_by = re.search(rf"Written by `scripts/summarize_study.py --dataset {dataset} --report STUDY.md "
                            rf"--readme README.md(.*?)`", STUDY)
     assert written_by, f"the {dataset} results block does not say which command wrote it"
     monkeypatch.chdir(ROOT)  # the command's paths (--compare-with) are relative to the project root
-    S.main(["--dataset", dataset, "--report", str(report), "--readme", str(readme), "--out-dir", str(tmp_path / "out"),
-            *written_by.group(1).split()])
+    S.main(["--dataset", dataset, "--report", str(study_md), "--readme", str(readme),
+            "--out-dir", str(tmp_path / "out"), *written_by.group(1).split()])
     capsys.readouterr()
-    assert report.read_text() == STUDY, f"rerun the summarizer for {dataset}: STUDY.md's blocks are out of date"
+    assert study_md.read_text() == STUDY, f"rerun the summarizer for {dataset}: STUDY.md's blocks are out of date"
     assert readme.read_text() == README, f"rerun the summarizer for {dataset}: README.md's table is out of date"
 
 

@@ -1,4 +1,4 @@
-"""Apply the reference MNIST-C corruptions (vendored corruptions.py) to the first N MNIST test images.
+"""Apply the reference MNIST-C corruptions (google-research/mnist-c's corruptions.py) to the first N MNIST test images.
 
 Runs under the Python 3.7 environment built by setup_env.sh (numpy 1.16, scikit-image 0.15, Wand on
 Debian's ImageMagick), not the project venv; kept to what Python 3.7 accepts. Each
@@ -11,16 +11,20 @@ Writes OUT/{corruption}_draw{seed}.npy: float32 (N, 28, 28) in [0, 1] (the refer
 output divided by 255, not rounded to uint8: the published dataset's own rounding is not in the code),
 OUT/labels.npy, and OUT/manifest.json with the versions used.
 
-    python generate.py --mnist-raw DIR --out DIR [--n 2000] [--seeds 0 1 2]
+    python generate.py --reference MNIST_C_CHECKOUT --mnist-raw DIR --out DIR [--n 2000] [--seeds 0 1 2]
+
+MNIST_C_CHECKOUT is a clone of google-research/mnist-c (setup_env.sh makes one at the commit checked,
+REFERENCE_COMMIT): the reference is used from its own repository, not copied into this one.
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+REFERENCE_COMMIT = "bba57e4ccc282f106907c5239958e72298451ea7"  # the commit whose numbers STUDY.md reports
 
 # The 15 MNIST-C corruptions (the reference's CORRUPTIONS without 'identity').
 NAMES = ["shot_noise", "impulse_noise", "glass_blur", "motion_blur", "shear", "scale", "rotate", "brightness",
@@ -39,6 +43,7 @@ def read_idx(path, header, expected_magic):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", required=True, help="a checkout of google-research/mnist-c")
     parser.add_argument("--mnist-raw", required=True, help="folder with t10k-images-idx3-ubyte and labels")
     parser.add_argument("--out", required=True)
     parser.add_argument("--n", type=int, default=2000)
@@ -55,13 +60,21 @@ def main():
         raise ValueError(f"--n must lie in 1..{len(images)}, got {args.n}")
     images, labels = images[: args.n], labels[: args.n]
 
+    reference = os.path.abspath(args.reference)
+    if not os.path.isfile(os.path.join(reference, "corruptions.py")):
+        raise ValueError(f"--reference {reference} holds no corruptions.py: give a checkout of google-research/mnist-c")
+    commit = subprocess.run(["git", "-C", reference, "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown (not a git checkout)"
+    if commit != REFERENCE_COMMIT:
+        print(f"warning: the reference is at {commit}, not at {REFERENCE_COMMIT}, the commit checked", flush=True)
+    out = os.path.abspath(args.out)
     # The reference opens its pessimal-noise pickle by a relative path at import: import it from its folder.
-    os.chdir(HERE)
-    sys.path.insert(0, HERE)
-    import corruptions as ref  # noqa: E402 (the vendored reference)
+    os.chdir(reference)
+    sys.path.insert(0, reference)
+    import corruptions as ref  # noqa: E402 (the reference, from its own checkout)
 
-    os.makedirs(args.out, exist_ok=True)
-    np.save(os.path.join(args.out, "labels.npy"), labels.astype(np.int64))
+    os.makedirs(out, exist_ok=True)
+    np.save(os.path.join(out, "labels.npy"), labels.astype(np.int64))
     seconds = {}
     for name in args.names:
         function = getattr(ref, name)
@@ -71,7 +84,7 @@ def main():
             out = np.stack([np.asarray(function(Image.fromarray(x)), dtype=np.float32) for x in images])
             if out.shape != images.shape or not np.isfinite(out).all():
                 raise ValueError(f"{name} returned shape {out.shape} or non-finite values")
-            np.save(os.path.join(args.out, f"{name}_draw{seed}.npy"),
+            np.save(os.path.join(out, f"{name}_draw{seed}.npy"),
                     (np.clip(out, 0, 255) / 255.0).astype(np.float32))
         seconds[name] = time.time() - start
         print(f"{name:14s} {seconds[name]:6.1f} s for {len(args.seeds)} draws", flush=True)
@@ -85,8 +98,8 @@ def main():
                 "python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__,
                 "scikit-image": skimage.__version__, "Pillow": PIL.__version__, "opencv": cv2.__version__,
                 "Wand": wand.version.VERSION, "ImageMagick": wand.version.MAGICK_VERSION,
-                "reference_commit": "bba57e4ccc282f106907c5239958e72298451ea7"}
-    with open(os.path.join(args.out, "manifest.json"), "w") as f:
+                "reference_commit": commit}
+    with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
 
 
