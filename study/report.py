@@ -14,10 +14,11 @@ from pathlib import Path
 from scipy import stats as scipy_stats
 
 import lenet_utils as L
-from analysis import corruptions
+from analysis import corruptions, statistics
 from study.plan import (
     ALPHA,
     CONFIRMATORY_FIRST_SEED,
+    EXPLORATORY_CONTRASTS,
     FLOOR_ACCURACY,
     HEADLINE_CONTRASTS,
     PRIMARY_CONTRASTS,
@@ -185,9 +186,16 @@ def provenance(runs: dict) -> str:
         return ", ".join(f"`{commit}` ({n})" for commit, n in counts.most_common())
 
     hours = {k: sum(r["seconds"][k] for r in records) / 3600 for k in ("train", "evaluate")}
+    hessians = [r["metrics"]["hessian"] for r in records]
+    lanczos = sum(h.get("method") == "lanczos" for h in hessians)
+    method = ("Lanczos (eigsh)" if lanczos == len(hessians) else "the power iteration" if lanczos == 0
+              else "the power iteration or Lanczos")
     unconverged = [f"{r['config']} seed {r['seed']}" for r in records if not r["metrics"]["hessian"]["converged"]]
-    left_out = (f" λ_max is left out for {', '.join(unconverged)}: the power iteration did not converge (the "
-                "record's `hessian.converged`)." if unconverged else "")
+    left_out = (f" λ_max is left out for {', '.join(unconverged)}: {method} did not converge (the record's "
+                "`hessian.converged`)." if unconverged else f" λ_max ({method}) converged on every run.")
+    if any("min_converged" in h for h in hessians):
+        left_out += (f" λ_min converged on {sum(bool(h.get('min_converged')) for h in hessians)} of {len(hessians)} "
+                     "runs within the evaluation's budget and is reported nowhere else.")
     return (f"Code (from the records): trained with commit {commits(lambda r: r['training_code'])}; evaluated "
             f"with {commits(lambda r: r['evaluation']['code'])}. Wall time in the records, summed over runs: "
             f"{hours['train']:.1f} h of training and {hours['evaluate']:.1f} h of (latest) evaluation, on "
@@ -229,11 +237,47 @@ def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitiv
         body = [[n.replace("_", " ") + ("" if n in corruptions.CORRUPTIONS else " (extended)"),
                  *(interval(v.get(f"corruption_{n}"), True) for v in paired.values())] for n in names]
         lines += ["**Exploratory: paired differences under each corruption:**", "", L.markdown_table(header, body), ""]
+    if any(STRONG_ATTACK[-1] in f for seeds in flat.values() for f in seeds.values()):
+        lines += [strong_attack_tables(runs, flat), ""]
     if any("hessian_eigenvalue" in f for seeds in flat.values() for f in seeds.values()):
         lines += ["**Exploratory: Spearman's rank correlation of λ_max with each endpoint** (one point per run; the "
                   "SGD-recipe runs share label smoothing and weight decay, which set the Hessian's scale):", "",
                   spearman_table(flat), ""]
     return "\n".join(lines).rstrip("\n")
+
+
+STRONG_ATTACK = ("pgd_0.1", "apgd_ce_0.1", "apgd_t_0.1", "worst_case_0.1")  # the v3 validity check of PGD-20
+
+
+def strong_attack_tables(runs: dict, flat: dict[str, dict[int, dict]]) -> str:
+    """PGD-20 (the plan's endpoint) beside the strong attack on the same images, per configuration and for each
+    paired contrast: how much a stronger attack lowers the accuracy, and whether the contrasts keep their sign."""
+    settings = next(r["metrics"]["strong_attack"] for r in records_of(runs) if "strong_attack" in r["metrics"])
+    heads = ["PGD-20", "APGD-CE", "APGD-T", "worst case"]
+    body = []
+    for c, seeds in flat.items():
+        runs_with = [f for f in seeds.values() if STRONG_ATTACK[-1] in f]
+        if runs_with:
+            gap = statistics.describe([f[STRONG_ATTACK[-1]] - f["pgd_0.1"] for f in runs_with])
+            body.append([c, len(runs_with), *(interval(statistics.describe([f[m] for f in runs_with]))
+                                              for m in STRONG_ATTACK), interval(gap, signed=True)])
+    lines = [f"**Exploratory: PGD-20 beside a strong attack** (ε = 0.1, the first {settings['n']:,} test images; "
+             f"APGD-CE and APGD-T from torchattacks, {settings['steps']} steps, APGD-T against the "
+             f"{settings['n_targets']} most likely wrong classes; worst case: an image counts as robust only if "
+             "PGD-20, APGD-CE and APGD-T all fail on it; the plan's endpoint stays PGD-20). Accuracy in %, mean "
+             "[95 % t CI] over runs:", "",
+             L.markdown_table(["configuration", "n", *heads, "worst case - PGD-20 (same runs)"], body), ""]
+    body = []
+    for a, b in EXPLORATORY_CONTRASTS:
+        seeds = [s for s in flat.get(a, {}) if STRONG_ATTACK[-1] in flat[a][s]
+                 and STRONG_ATTACK[-1] in flat.get(b, {}).get(s, {})]
+        if seeds:
+            body.append([f"{a} - {b}", len(seeds), *(interval(statistics.describe(
+                [flat[a][s][m] - flat[b][s][m] for s in seeds]), signed=True) for m in STRONG_ATTACK)])
+    lines += ["Paired differences under each attack over the same seeds, mean [95 % t CI] (does a contrast keep "
+              "its sign and size under the strong attack?):", "", L.markdown_table(["paired difference", "n", *heads],
+                                                                                   body)]
+    return "\n".join(lines)
 
 
 def spearman_table(flat: dict[str, dict[int, dict]]) -> str:

@@ -391,6 +391,31 @@ def test_an_unconverged_eigenvalue_is_left_out_and_named():
     assert "left out" not in report.provenance({"asam": runs["asam"]})
 
 
+def test_the_strong_attack_tables_pair_pgd_with_the_strong_attack_on_the_same_runs():
+    """Known answers: the strong attack takes 3 points more than PGD-20 from sgd and 4 from asam, so asam - sgd is
+    1 point lower under the worst case than under PGD-20; a run without the strong attack (evaluated before v3)
+    leaves both columns, not only the strong attack's."""
+    records = study(range(3, 9))
+    for r in records:
+        pgd, drop = r["metrics"]["adversarial"]["pgd"]["0.1"], 4.0 if r["config"] == "asam" else 3.0
+        r["metrics"]["strong_attack"] = {"apgd_ce": {"0.1": pgd - 1}, "apgd_t": {"0.1": pgd - 2},
+                                         "worst_case": {"0.1": pgd - drop}, "n": 1000, "steps": 50, "n_targets": 3,
+                                         "epsilons": [0.1]}
+    old = next(r for r in records if (r["config"], r["seed"]) == ("sgd", 8))
+    del old["metrics"]["strong_attack"]
+    flat = flat_of(records)
+    runs = {c: {r["seed"]: r for r in records if r["config"] == c} for c in ("sgd", "asam")}
+    table = report.strong_attack_tables(runs, flat)
+    sgd_row = next(line for line in table.splitlines() if line.startswith("| sgd |"))
+    assert sgd_row.startswith("| sgd | 5 |") and sgd_row.endswith("| -3.00 [-3.00, -3.00] |")
+    assert next(line for line in table.splitlines() if line.startswith("| asam |")).endswith("| -4.00 [-4.00, -4.00] |")
+    pgd = [flat["asam"][s]["pgd_0.1"] - flat["sgd"][s]["pgd_0.1"] for s in range(3, 8)]
+    paired = next(line for line in table.splitlines() if line.startswith("| asam - sgd |")).split(" | ")
+    assert paired[1] == "5" and paired[2].startswith(f"{sum(pgd) / 5:+.2f} [")
+    assert paired[5].startswith(f"{sum(pgd) / 5 - 1:+.2f} [")
+    assert "50 steps" in table and "3 most likely wrong classes" in table
+
+
 # ----------------------------------------------------------------------------- records
 
 
