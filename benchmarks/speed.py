@@ -3,7 +3,7 @@
 What is measured (each contender gets one short untimed warm-up, then the contenders alternate
 inside every repeat, in a rotated order, so slow drifts of the machine hit them all alike):
 
-1. Training, seconds per epoch and images/s, for two recipes of ``lenet_utils.STUDY_RECIPES``:
+1. Training, seconds per epoch and images/s, for two recipes of ``study.recipes.STUDY_RECIPES``:
    - baseline (``lenet_utils.BASELINE``): Adam, batch 32, summed cross-entropy; epoch = 60000/32 = 1875 steps
    - asam (``lenet_utils.ASAM``): adaptive SAM over SGD, batch 128, label smoothing 0.1;
      epoch = 48000/128 = 375 steps
