@@ -188,11 +188,11 @@ def provenance(runs: dict) -> str:
     hours = {k: sum(r["seconds"][k] for r in records) / 3600 for k in ("train", "evaluate")}
     hessians = [r["metrics"]["hessian"] for r in records]
     lanczos = sum(h.get("method") == "lanczos" for h in hessians)
-    method = ("Lanczos (eigsh)" if lanczos == len(hessians) else "the power iteration" if lanczos == 0
+    method = ("Lanczos" if lanczos == len(hessians) else "the power iteration" if lanczos == 0
               else "the power iteration or Lanczos")
     unconverged = [f"{r['config']} seed {r['seed']}" for r in records if not r["metrics"]["hessian"]["converged"]]
     left_out = (f" λ_max is left out for {', '.join(unconverged)}: {method} did not converge (the record's "
-                "`hessian.converged`)." if unconverged else f" λ_max ({method}) converged on every run.")
+                "`hessian.converged`)." if unconverged else f" λ_max, by {method}, converged on every run.")
     if any("min_converged" in h for h in hessians):
         left_out += (f" λ_min converged on {sum(bool(h.get('min_converged')) for h in hessians)} of {len(hessians)} "
                      "runs within the evaluation's budget and is reported nowhere else.")
