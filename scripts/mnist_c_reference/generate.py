@@ -67,14 +67,14 @@ def main():
                             text=True).stdout.strip() or "unknown (not a git checkout)"
     if commit != REFERENCE_COMMIT:
         print(f"warning: the reference is at {commit}, not at {REFERENCE_COMMIT}, the commit checked", flush=True)
-    out = os.path.abspath(args.out)
+    out_dir = os.path.abspath(args.out)
     # The reference opens its pessimal-noise pickle by a relative path at import: import it from its folder.
     os.chdir(reference)
     sys.path.insert(0, reference)
     import corruptions as ref  # noqa: E402 (the reference, from its own checkout)
 
-    os.makedirs(out, exist_ok=True)
-    np.save(os.path.join(out, "labels.npy"), labels.astype(np.int64))
+    os.makedirs(out_dir, exist_ok=True)
+    np.save(os.path.join(out_dir, "labels.npy"), labels.astype(np.int64))
     seconds = {}
     for name in args.names:
         function = getattr(ref, name)
@@ -84,7 +84,7 @@ def main():
             out = np.stack([np.asarray(function(Image.fromarray(x)), dtype=np.float32) for x in images])
             if out.shape != images.shape or not np.isfinite(out).all():
                 raise ValueError(f"{name} returned shape {out.shape} or non-finite values")
-            np.save(os.path.join(out, f"{name}_draw{seed}.npy"),
+            np.save(os.path.join(out_dir, f"{name}_draw{seed}.npy"),
                     (np.clip(out, 0, 255) / 255.0).astype(np.float32))
         seconds[name] = time.time() - start
         print(f"{name:14s} {seconds[name]:6.1f} s for {len(args.seeds)} draws", flush=True)
@@ -99,7 +99,7 @@ def main():
                 "scikit-image": skimage.__version__, "Pillow": PIL.__version__, "opencv": cv2.__version__,
                 "Wand": wand.version.VERSION, "ImageMagick": wand.version.MAGICK_VERSION,
                 "reference_commit": commit}
-    with open(os.path.join(out, "manifest.json"), "w") as f:
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
 
 
