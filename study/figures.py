@@ -17,7 +17,14 @@ from scipy import stats as scipy_stats  # noqa: E402
 
 import lenet_utils as L  # noqa: E402
 from analysis import corruptions, statistics  # noqa: E402
-from study.plan import HEADLINE_CONFIGS, ORDER, PRIMARY_ENDPOINTS, REPORT_COLUMNS, records_of  # noqa: E402
+from study.plan import (  # noqa: E402
+    HEADLINE_CONFIGS,
+    ORDER,
+    PRIMARY_ENDPOINTS,
+    REPORT_COLUMNS,
+    V3_ADAPTIVE_SHARPNESS,
+    records_of,
+)
 from study.recipes import STUDY_RECIPES  # noqa: E402
 from study.report import p_clause  # noqa: E402
 
@@ -70,14 +77,17 @@ def plot_curves(runs: dict, path: Path, title: str, panels: list[tuple[str, str,
 
 
 def plot_sharpness(runs: dict, flat: dict, path: Path, tag: str) -> None:
-    """λ_max and Hessian trace vs each primary endpoint, one dot per run; Spearman's rho over all runs and
-    over the SGD-recipe runs alone (label smoothing and weight decay move the Hessian's whole scale between
-    the Adam and SGD recipes, so the pooled rho partly ranks recipes)."""
-    measures = (("hessian_eigenvalue", "λ_max (Hessian)"), ("hessian_trace", "Hessian trace"))
-    fig, axes = plt.subplots(len(measures), len(PRIMARY_ENDPOINTS), figsize=(14, 8.5), squeeze=False,
-                             layout="constrained")
+    """λ_max, Hessian trace and (where the records have it) adaptive sharpness vs each primary endpoint, one dot
+    per run; Spearman's rho over all runs and over the SGD-recipe runs alone (label smoothing and weight decay move
+    the Hessian's whole scale between the Adam and SGD recipes, so the pooled rho partly ranks recipes)."""
+    measures = [("hessian_eigenvalue", "λ_max (Hessian)", "linear"), ("hessian_trace", "Hessian trace", "linear")]
+    if any(V3_ADAPTIVE_SHARPNESS in f for seeds in flat.values() for f in seeds.values()):
+        # spans two decades across configurations: a log axis keeps the flat ones apart
+        measures.append((V3_ADAPTIVE_SHARPNESS, "adaptive sharpness, r = 2 (loss increase, log scale)", "log"))
+    fig, axes = plt.subplots(len(measures), len(PRIMARY_ENDPOINTS), figsize=(14, 4.25 * len(measures)),
+                             squeeze=False, layout="constrained")
     colour = colours(runs)
-    for row, (measure, label) in enumerate(measures):
+    for row, (measure, label, scale) in enumerate(measures):
         for col, endpoint in enumerate(PRIMARY_ENDPOINTS):
             ax = axes[row, col]
             points = {"all": [], "SGD recipe": []}
@@ -91,7 +101,7 @@ def plot_sharpness(runs: dict, flat: dict, path: Path, tag: str) -> None:
             for subset, pairs in points.items():
                 rho, p = scipy_stats.spearmanr(*zip(*pairs)) if len(pairs) > 2 else (math.nan, math.nan)
                 titles.append(f"{subset}: ρ = {rho:+.2f} ({p_clause('p', p)}, {len(pairs)} runs)")
-            ax.set(xlabel=label, ylabel=f"{REPORT_COLUMNS[endpoint]}: accuracy (%)")
+            ax.set(xlabel=label, ylabel=f"{REPORT_COLUMNS[endpoint]}: accuracy (%)", xscale=scale)
             ax.set_title("Spearman " + "\n".join(titles), fontsize=10)
             ax.grid(alpha=0.3)
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center", ncol=min(len(runs), 9))
