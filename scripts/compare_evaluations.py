@@ -26,7 +26,7 @@ import lenet_utils as L  # noqa: E402
 
 
 def leaves(value, path: str = ""):
-    """(path, number) for every leaf of nested dicts and lists."""
+    """(path, value) for every leaf of nested dicts and lists."""
     if isinstance(value, dict):
         for key, item in value.items():
             yield from leaves(item, f"{path}/{key}")

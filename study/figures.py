@@ -23,6 +23,7 @@ from study.plan import (  # noqa: E402
     PRIMARY_ENDPOINTS,
     REPORT_COLUMNS,
     V3_ADAPTIVE_SHARPNESS,
+    measured,
     records_of,
 )
 from study.recipes import STUDY_RECIPES  # noqa: E402
@@ -81,7 +82,7 @@ def plot_sharpness(runs: dict, flat: dict, path: Path, tag: str) -> None:
     per run; Spearman's rho over all runs and over the SGD-recipe runs alone (label smoothing and weight decay move
     the Hessian's whole scale between the Adam and SGD recipes, so the pooled rho partly ranks recipes)."""
     measures = [("hessian_eigenvalue", "λ_max (Hessian)", "linear"), ("hessian_trace", "Hessian trace", "linear")]
-    if any(V3_ADAPTIVE_SHARPNESS in f for seeds in flat.values() for f in seeds.values()):
+    if measured(flat, V3_ADAPTIVE_SHARPNESS):
         # spans two decades across configurations: a log axis keeps the flat ones apart
         measures.append((V3_ADAPTIVE_SHARPNESS, "adaptive sharpness, r = 2 (loss increase, log scale)", "log"))
     fig, axes = plt.subplots(len(measures), len(PRIMARY_ENDPOINTS), figsize=(14, 4.25 * len(measures)),

@@ -58,6 +58,10 @@ REPORT_COLUMNS = {"clean": "clean", "pixel_0.6": "pixel σ=0.6", "pixel_clip_0.6
                   "hessian_trace": "Hessian trace", "slice_rise": "loss-slice rise",
                   V3_ADAPTIVE_SHARPNESS: "adaptive sharpness (r = 2)"}
 SHARPNESS = ("hessian_eigenvalue", "hessian_trace", "slice_rise", "perturbation_norm", V3_ADAPTIVE_SHARPNESS)
+# the v3 validity check of the PGD-20 endpoint (study.report.strong_attack_tables): PGD-20, the strong attack's two
+# parts, and their per-image worst case, all at epsilon 0.1
+STRONG_ATTACK = ("pgd_0.1", "apgd_ce_0.1", "apgd_t_0.1", "worst_case_0.1")
+WORST_CASE = STRONG_ATTACK[-1]
 # the README's answer table (study.report.headline_table) and figure (study.figures.plot_headline)
 HEADLINE_CONTRASTS = (*PRIMARY_CONTRASTS, *SECONDARY_CONTRASTS)
 HEADLINE_CONFIGS = ("asam", "sam-0.05", "sam-0.5")  # each against sgd, paired by seed
@@ -96,6 +100,12 @@ def flat_metrics(record: dict) -> dict[str, float]:
     if "perturbation_norm" in record:
         flat["perturbation_norm"] = record["perturbation_norm"]["mean"]
     return flat
+
+
+def measured(flat: dict[str, dict[int, dict]], metric: str) -> bool:
+    """Whether any run of ``flat`` (configuration -> seed -> flat metrics) has ``metric``: records from before an
+    evaluation added a measurement lack it, and a table or figure of it is then left out."""
+    return any(metric in f for seeds in flat.values() for f in seeds.values())
 
 
 def load_runs(study_dir: Path) -> dict[str, dict[int, dict]]:

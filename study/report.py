@@ -25,6 +25,9 @@ from study.plan import (
     PRIMARY_ENDPOINTS,
     REPORT_COLUMNS,
     SHARPNESS,
+    STRONG_ATTACK,
+    WORST_CASE,
+    measured,
     records_of,
 )
 from study.recipes import STUDY_RECIPES
@@ -190,7 +193,7 @@ def provenance(runs: dict) -> str:
     lanczos = sum(h.get("method") == "lanczos" for h in hessians)
     method = ("Lanczos" if lanczos == len(hessians) else "the power iteration" if lanczos == 0
               else "the power iteration or Lanczos")
-    unconverged = [f"{r['config']} seed {r['seed']}" for r in records if not r["metrics"]["hessian"]["converged"]]
+    unconverged = [f"{r['config']} seed {r['seed']}" for r, h in zip(records, hessians) if not h["converged"]]
     left_out = (f" λ_max is left out for {', '.join(unconverged)}: {method} did not converge (the record's "
                 "`hessian.converged`)." if unconverged else f" λ_max, by {method}, converged on every run.")
     if any("min_converged" in h for h in hessians):
@@ -237,16 +240,13 @@ def markdown_report(dataset: str, runs: dict, confirmatory: list[dict], sensitiv
         body = [[n.replace("_", " ") + ("" if n in corruptions.CORRUPTIONS else " (extended)"),
                  *(interval(v.get(f"corruption_{n}"), True) for v in paired.values())] for n in names]
         lines += ["**Exploratory: paired differences under each corruption:**", "", L.markdown_table(header, body), ""]
-    if any(STRONG_ATTACK[-1] in f for seeds in flat.values() for f in seeds.values()):
+    if measured(flat, WORST_CASE):
         lines += [strong_attack_tables(runs, flat), ""]
-    if any("hessian_eigenvalue" in f for seeds in flat.values() for f in seeds.values()):
+    if measured(flat, "hessian_eigenvalue"):
         lines += ["**Exploratory: Spearman's rank correlation of λ_max with each endpoint** (one point per run; the "
                   "SGD-recipe runs share label smoothing and weight decay, which set the Hessian's scale):", "",
                   spearman_table(flat), ""]
     return "\n".join(lines).rstrip("\n")
-
-
-STRONG_ATTACK = ("pgd_0.1", "apgd_ce_0.1", "apgd_t_0.1", "worst_case_0.1")  # the v3 validity check of PGD-20
 
 
 def strong_attack_tables(runs: dict, flat: dict[str, dict[int, dict]]) -> str:
@@ -256,9 +256,9 @@ def strong_attack_tables(runs: dict, flat: dict[str, dict[int, dict]]) -> str:
     heads = ["PGD-20", "APGD-CE", "APGD-T", "worst case"]
     body = []
     for c, seeds in flat.items():
-        runs_with = [f for f in seeds.values() if STRONG_ATTACK[-1] in f]
+        runs_with = [f for f in seeds.values() if WORST_CASE in f]
         if runs_with:
-            gap = statistics.describe([f[STRONG_ATTACK[-1]] - f["pgd_0.1"] for f in runs_with])
+            gap = statistics.describe([f[WORST_CASE] - f["pgd_0.1"] for f in runs_with])
             body.append([c, len(runs_with), *(interval(statistics.describe([f[m] for f in runs_with]))
                                               for m in STRONG_ATTACK), interval(gap, signed=True)])
     lines = [f"**Exploratory: PGD-20 beside a strong attack** (ε = 0.1, the first {settings['n']:,} test images; "
@@ -269,8 +269,7 @@ def strong_attack_tables(runs: dict, flat: dict[str, dict[int, dict]]) -> str:
              L.markdown_table(["configuration", "n", *heads, "worst case - PGD-20 (same runs)"], body), ""]
     body = []
     for a, b in EXPLORATORY_CONTRASTS:
-        seeds = [s for s in flat.get(a, {}) if STRONG_ATTACK[-1] in flat[a][s]
-                 and STRONG_ATTACK[-1] in flat.get(b, {}).get(s, {})]
+        seeds = [s for s in flat.get(a, {}) if WORST_CASE in flat[a][s] and WORST_CASE in flat.get(b, {}).get(s, {})]
         if seeds:
             body.append([f"{a} - {b}", len(seeds), *(interval(statistics.describe(
                 [flat[a][s][m] - flat[b][s][m] for s in seeds]), signed=True) for m in STRONG_ATTACK)])
